@@ -1,0 +1,219 @@
+"""The Python API: `send` scans, plans, dispatches and returns the `Report` that the CLI prints.
+
+Scripts call it directly::
+
+    import batchstore
+    report = batchstore.send(["/data/dicom"], "pacs.example", 104, workers=4, scan_directories=True,
+                             recurse=True, called_ae="PACS")
+    print(report.exit_code(), report.delivered)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import psutil
+
+from . import status as st
+from .acse import UserIdentity
+from .dispatch import Coordinator, WorkerConfig
+from .plan import Plan, PlanOptions, make_plan
+from .report import Outcome, Report
+from .scan import Instance, ScanFailure, scan
+from .scu import AssociationOptions
+from .transcode import EditOptions
+
+log = logging.getLogger("batchstore")
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """Every option of ``batchstore send`` that is not an address (see `send`)."""
+
+    calling_ae: str = "STORESCU"
+    called_ae: str = "ANY-SCP"
+    workers: int = 0  # 0: one per CPU (psutil)
+    family: int = socket.AF_INET
+    scan_directories: bool = False
+    recurse: bool = False
+    pattern: str | None = None
+    read_mode: str = "auto"  # +f auto, +fo file-only, -f dataset
+    plan: PlanOptions = field(default_factory=PlanOptions)
+    batch_size: int | None = None  # None: automatic
+    max_pdu: int = 16384
+    max_send_pdu: int = 0
+    connect_timeout: float | None = None
+    socket_timeout: float | None = 60.0
+    acse_timeout: float | None = 30.0
+    dimse_timeout: float | None = None
+    user_identity: UserIdentity | None = None
+    edits: EditOptions = field(default_factory=EditOptions)
+    halt_on_failure: bool = True
+    abort_at_end: bool = False
+    repeat: int = 1
+    retries: int = 3
+    retry_wait: float = 1.0
+    rename: bool = False  # +rn: append .done / .bad
+
+
+def default_workers() -> int:
+    """One worker per CPU core (psutil's count, falling back to 1)."""
+    return psutil.cpu_count(logical=True) or 1
+
+
+def auto_batch_size(files: int, workers: int) -> int:
+    """Batches small enough that every worker gets several, at most 100 files."""
+    return max(1, min(100, math.ceil(files / max(1, workers * 4))))
+
+
+def plan_run(
+    paths: Sequence[str], options: SendOptions
+) -> tuple[Plan, list[Instance], list[ScanFailure]]:
+    """Scan `paths` and plan batches and presentation contexts; no network."""
+    instances, failures = scan(
+        list(paths),
+        scan_directories=options.scan_directories,
+        recurse=options.recurse,
+        pattern=options.pattern,
+        read_mode=options.read_mode,
+    )
+    workers = options.workers or default_workers()
+    plan_options = options.plan
+    size = options.batch_size or auto_batch_size(len(instances) * max(1, options.repeat), workers)
+    if plan_options.batch_size != size:
+        from dataclasses import replace
+
+        plan_options = replace(plan_options, batch_size=size)
+    return make_plan(instances, plan_options), instances, failures
+
+
+def _failure_outcome(failure: ScanFailure) -> Outcome:
+    return Outcome(path=failure.path, category=st.PERMANENT, error=failure.reason)
+
+
+def send(
+    paths: Sequence[str],
+    host: str,
+    port: int,
+    options: SendOptions | None = None,
+    on_outcomes: Callable[[list[Outcome]], None] | None = None,
+    on_plan: Callable[[Plan, list[ScanFailure]], None] | None = None,
+    **overrides: object,
+) -> Report:
+    """Send every DICOM file under `paths` to the Storage SCP at `host`:`port`.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Files (and directories, with ``scan_directories=True``).
+    host, port : str, int
+        The peer.
+    options : SendOptions, optional
+        All other settings; keyword `overrides` replace single fields (``workers=4``).
+    on_outcomes : callable, optional
+        Called with each chunk of per-file outcomes as workers report them.
+    on_plan : callable, optional
+        Called once with the plan and the scan failures, before any association.
+
+    Returns
+    -------
+    Report
+        One `Outcome` per input file (per repetition with ``repeat``); ``report.exit_code()`` is the
+        documented exit status.
+    """
+    from dataclasses import replace
+
+    options = replace(options or SendOptions(), **overrides)  # type: ignore[arg-type]
+    started = time.perf_counter()
+    plan, _instances, failures = plan_run(paths, options)
+    if on_plan:
+        on_plan(plan, failures)
+    report = Report(
+        context_groups=len(plan.context_groups),
+        contexts_proposed=sum(len(g.contexts) for g in plan.context_groups),
+    )
+    early = [_failure_outcome(f) for f in failures]
+    early += [
+        Outcome(
+            path=inst.path,
+            sop_class_uid=inst.sop_class_uid,
+            sop_instance_uid=inst.sop_instance_uid,
+            original_ts=inst.transfer_syntax,
+            category=st.PERMANENT,
+            error=reason,
+            size=inst.size,
+        )
+        for inst, reason in plan.unplannable
+    ]
+    report.outcomes.extend(early)
+    if on_outcomes and early:
+        on_outcomes(early)
+    edits = options.edits
+    if edits.invent_instance and not edits.run_id:
+        edits = replace(edits, run_id=uuid.uuid4().hex)
+    config = WorkerConfig(
+        association=AssociationOptions(
+            host=host,
+            port=port,
+            calling_ae=options.calling_ae,
+            called_ae=options.called_ae,
+            family=options.family,
+            max_pdu=options.max_pdu,
+            max_send_pdu=options.max_send_pdu,
+            connect_timeout=options.connect_timeout,
+            socket_timeout=options.socket_timeout,
+            acse_timeout=options.acse_timeout,
+            dimse_timeout=options.dimse_timeout,
+            user_identity=options.user_identity,
+        ),
+        context_groups=plan.context_groups,
+        edits=edits,
+        read_dataset_only=options.read_mode == "dataset",
+        halt_on_failure=options.halt_on_failure,
+        abort_at_end=options.abort_at_end,
+        retries=options.retries,
+        retry_wait=options.retry_wait,
+    )
+    batches = list(plan.batches) * max(1, options.repeat)
+    if options.halt_on_failure and early:
+        report.halted = True
+        batches = []
+        report.outcomes.extend(
+            Outcome(
+                path=i.path,
+                sop_class_uid=i.sop_class_uid,
+                sop_instance_uid=i.sop_instance_uid,
+                original_ts=i.transfer_syntax,
+                category=st.NOT_SENT,
+                error="not sent: run halted",
+                size=i.size,
+            )
+            for b in plan.batches
+            for i in b.instances
+        )
+    coordinator = Coordinator(batches, options.workers or default_workers(), config, report, on_outcomes)
+    coordinator.run()
+    report.input_count = len(report.outcomes)
+    report.elapsed_s = time.perf_counter() - started
+    if options.rename:
+        rename_processed(report)
+    return report
+
+
+def rename_processed(report: Report) -> None:
+    """storescu ``+rn``: append ``.done`` to delivered files and ``.bad`` to failed ones."""
+    for outcome in report.outcomes:
+        if outcome.category == st.NOT_SENT or not os.path.isfile(outcome.path):
+            continue
+        suffix = ".done" if outcome.delivered else ".bad"
+        try:
+            os.replace(outcome.path, outcome.path + suffix)
+        except OSError as exc:
+            log.warning("cannot rename %s: %s", outcome.path, exc.strerror)

@@ -1,0 +1,42 @@
+"""The ``batchstore`` command line: a click group whose subcommands are thin skins over the Python API.
+
+Subcommands live in their own modules (`send`, `receive`, `scan`, `echo`) and accept DCMTK's option
+spellings (``-aet``, ``+sd``, ``-x=`` …) so that an existing storescu/storescp command line works unchanged;
+`dcmtk.normalize_argv` rewrites the few spellings click cannot parse and expands ``@file`` arguments.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from .dcmtk import normalize_argv
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", prog_name="batchstore")
+def cli() -> None:
+    """Send and receive DICOM files over the network, in parallel, without losing any."""
+
+
+def _register() -> None:
+    from . import echo, receive, scan, send
+
+    for module in (send, receive, scan, echo):
+        cli.add_command(module.command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: normalise DCMTK spellings, then run the click group."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = normalize_argv(args)
+    except ValueError as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(2)
+    _register()
+    cli.main(args=args, prog_name="batchstore")

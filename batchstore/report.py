@@ -1,0 +1,199 @@
+"""Per-file outcomes, run counters, the JSON/CSV report, the end summary and the exit code.
+
+`Report.exit_code` is the only place that decides how ``batchstore send`` exits; the codes are documented
+in the README and stable:
+
+====  ===========================================================================
+0     every file was sent (success or warning status)
+1     internal error
+2     usage error (bad option or argument)
+3     no input: no file to send was found
+5     some files failed and every remaining failure is transient (retrying may help)
+6     some files failed and at least one failure is permanent (retrying will not help)
+9     nothing could be sent: there were files, none was delivered
+130   interrupted (Ctrl-C / SIGTERM) before the run completed
+====  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+
+from .status import NOT_SENT, PERMANENT, SUCCESS, TRANSIENT, WARNING
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NO_INPUT = 3
+EXIT_SOME_FAILED_RETRYABLE = 5
+EXIT_SOME_FAILED = 6
+EXIT_NOTHING_SENT = 9
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one input file (one record of the report)."""
+
+    path: str
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""
+    original_ts: str = ""
+    sent_ts: str = ""
+    category: str = NOT_SENT  # status.SUCCESS / WARNING / TRANSIENT / PERMANENT / NOT_SENT
+    status: int | None = None  # the DIMSE status of the C-STORE-RSP, when there was one
+    error: str = ""
+    association: int = 0  # run-wide association number (1-based; 0: none)
+    context_id: int = 0
+    duration_ms: float = 0.0
+    attempts: int = 0
+    worker: int = 0
+    size: int = 0
+
+    @property
+    def delivered(self) -> bool:
+        return self.category in (SUCCESS, WARNING)
+
+
+@dataclass(frozen=True)
+class AssociationRecord:
+    """One association a worker opened: for the summary (and ``+v``)."""
+
+    number: int
+    worker: int
+    context_group: int
+    proposed: int
+    accepted: int
+    peer_max_pdu: int
+
+
+@dataclass
+class Report:
+    """Everything a run produced; decides the exit code."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    associations: list[AssociationRecord] = field(default_factory=list)
+    context_groups: int = 0
+    contexts_proposed: int = 0
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    halted: bool = False
+    retries: int = 0
+    input_count: int = 0
+
+    def counts(self) -> Counter:
+        return Counter(o.category for o in self.outcomes)
+
+    @property
+    def delivered(self) -> int:
+        c = self.counts()
+        return c[SUCCESS] + c[WARNING]
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(o.size for o in self.outcomes if o.delivered)
+
+    def exit_code(self) -> int:
+        """The documented exit code for this run (see the module docstring)."""
+        c = self.counts()
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        if not self.outcomes:
+            return EXIT_NO_INPUT
+        failed = c[TRANSIENT] + c[PERMANENT] + c[NOT_SENT]
+        if failed == 0:
+            return EXIT_OK
+        if self.delivered == 0:
+            return EXIT_NOTHING_SENT
+        if c[PERMANENT] == 0:
+            return EXIT_SOME_FAILED_RETRYABLE
+        return EXIT_SOME_FAILED
+
+    def summary_lines(self) -> list[str]:
+        """The end summary: only the non-zero lines, rclone-style."""
+        c = self.counts()
+        rate = len(self.outcomes) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        mb = self.bytes_sent / 1e6
+        lines = [
+            f"Associations:          {len(self.associations)}",
+            f"Presentation contexts: {self.contexts_proposed} proposed in {self.context_groups} group(s)",
+        ]
+        rows = [
+            ("Sent, success", c[SUCCESS]),
+            ("Sent, warning", c[WARNING]),
+            ("Failed, transient", c[TRANSIENT]),
+            ("Failed, permanent", c[PERMANENT]),
+            ("Not sent", c[NOT_SENT]),
+            ("Retries", self.retries),
+        ]
+        lines += [f"{label + ':':<23}{value}" for label, value in rows if value]
+        lines.append(
+            f"Elapsed:               {self.elapsed_s:.2f} s ({rate:.0f} files/s, "
+            f"{mb / self.elapsed_s if self.elapsed_s > 0 else 0:.1f} MB/s)"
+        )
+        if self.halted:
+            lines.append("Halted after the first unsuccessful store (use -nh/--no-halt to go on).")
+        if self.interrupted:
+            lines.append("Interrupted: the run did not complete.")
+        if c[TRANSIENT] and not c[PERMANENT]:
+            lines.append("Remaining failures are transient: retrying may help.")
+        elif c[PERMANENT]:
+            lines.append(f"{c[PERMANENT]} permanent failure(s): retrying will not help them.")
+        return lines
+
+    def write(self, path: str) -> None:
+        """Write the per-file report as JSON (``.json``) or CSV (anything else), atomically."""
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".report-", dir=directory)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
+                if path.lower().endswith(".json"):
+                    json.dump(self.to_dict(), fh, indent=1)
+                else:
+                    writer = csv.DictWriter(fh, fieldnames=[f.name for f in fields(Outcome)])
+                    writer.writeheader()
+                    for o in self.outcomes:
+                        writer.writerow(_record(o))
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def to_dict(self) -> dict:
+        c = self.counts()
+        return {
+            "summary": {
+                "files": len(self.outcomes),
+                "success": c[SUCCESS],
+                "warning": c[WARNING],
+                "failed_transient": c[TRANSIENT],
+                "failed_permanent": c[PERMANENT],
+                "not_sent": c[NOT_SENT],
+                "associations": len(self.associations),
+                "context_groups": self.context_groups,
+                "contexts_proposed": self.contexts_proposed,
+                "elapsed_s": round(self.elapsed_s, 3),
+                "bytes_sent": self.bytes_sent,
+                "retries": self.retries,
+                "halted": self.halted,
+                "interrupted": self.interrupted,
+                "exit_code": self.exit_code(),
+            },
+            "associations": [asdict(a) for a in self.associations],
+            "files": [_record(o) for o in self.outcomes],
+        }
+
+
+def _record(o: Outcome) -> dict:
+    record = asdict(o)
+    record["status"] = f"0x{o.status:04X}" if o.status is not None else ""
+    record["duration_ms"] = round(o.duration_ms, 3)
+    return record

@@ -1,0 +1,255 @@
+"""The Storage SCU's association: negotiate once, then send C-STORE-RQs straight from files.
+
+This is batchstore's hot path. pynetdicom's `Association` hands every message between its DUL thread and
+the caller and polls with 1 ms sleeps (~2 ms and ~1.2 ms of CPU per C-STORE, measured in perf/); here a
+single synchronous loop writes the command and the data set's bytes as P-DATA-TF PDUs with one gather
+write and reads the C-STORE-RSP on the same thread. Negotiation still uses pynetdicom's PDU encoders
+(see `acse`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from . import acse, dimse
+from .net import (
+    P_DATA_TF,
+    PDUStream,
+    ProtocolError,
+    connect,
+    iter_pdvs,
+    pdata_fragment_parts,
+    pdata_parts,
+)
+
+#: Data sets up to this size are read whole and sent with one gather write; larger ones are streamed in
+#: chunks of this size, so a worker's memory stays flat whatever the file size.
+STREAM_CHUNK = 4 * 2**20
+#: PDU size used when the peer announces an unlimited maximum (0).
+UNLIMITED_PDU = 4 * 2**20
+
+
+@dataclass(frozen=True)
+class AssociationOptions:
+    """Where to connect and how to negotiate; the storescu network options."""
+
+    host: str
+    port: int
+    calling_ae: str = "STORESCU"
+    called_ae: str = "ANY-SCP"
+    family: int = socket.AF_INET  # -i4 (default), -i6 AF_INET6, -i0 AF_UNSPEC
+    max_pdu: int = 16384  # -pdu: our maximum receive PDU
+    max_send_pdu: int = 0  # --max-send-pdu: cap on what we send (0: the peer's limit only)
+    connect_timeout: float | None = None  # -to
+    socket_timeout: float | None = 60.0  # -ts (0/None: none)
+    acse_timeout: float | None = 30.0  # -ta
+    dimse_timeout: float | None = None  # -td
+    user_identity: acse.UserIdentity | None = None
+
+
+@dataclass(frozen=True)
+class StoreResponse:
+    """The peer's C-STORE-RSP: its status and optional error comment."""
+
+    status: int
+    error_comment: str = ""
+
+
+class NoAcceptableContext(Exception):
+    """The peer accepted none of the proposed presentation contexts for a file."""
+
+
+def _phase_timeout(*values: float | None) -> float | None:
+    chosen = [v for v in values if v]
+    return min(chosen) if chosen else None
+
+
+class StoreSCU:
+    """One association with a Storage SCP.
+
+    Parameters
+    ----------
+    options : AssociationOptions
+        Peer address, AE titles, timeouts, PDU sizes.
+    contexts : sequence of (context_id, abstract_syntax, transfer_syntaxes)
+        The presentation contexts to propose (at most 128).
+    """
+
+    def __init__(
+        self, options: AssociationOptions, contexts: tuple[tuple[int, str, tuple[str, ...]], ...]
+    ) -> None:
+        if not 0 < len(contexts) <= 128:
+            raise ValueError(f"an association carries 1 to 128 presentation contexts, not {len(contexts)}")
+        self.options = options
+        self.contexts = contexts
+        self.stream: PDUStream | None = None
+        self.accept: acse.AssociationAccept | None = None
+        self.send_pdu = 0
+        self._message_id = 0
+        self.abstract_of = {cid: abstract for cid, abstract, _ in contexts}
+
+    # -- association life cycle ------------------------------------------------------------------
+
+    def open(self) -> acse.AssociationAccept:
+        """Connect and negotiate.
+
+        Raises
+        ------
+        acse.AssociationRejected
+            A-ASSOCIATE-RJ (``.transient`` tells whether retrying may help).
+        OSError
+            Connection refused, reset or timed out.
+        PermissionError
+            ``-rsp`` asked for a positive user identity response and the peer sent none.
+        """
+        opts = self.options
+        sock = connect(opts.host, opts.port, opts.connect_timeout, opts.family)
+        stream = PDUStream(sock)
+        self.stream = stream
+        try:
+            stream.settimeout(_phase_timeout(opts.acse_timeout, opts.socket_timeout))
+            request = acse.AssociationRequest(
+                calling_ae=opts.calling_ae,
+                called_ae=opts.called_ae,
+                contexts=self.contexts,
+                max_pdu=opts.max_pdu,
+                user_identity=opts.user_identity,
+            )
+            accept = acse.request_association(stream, request)
+        except BaseException:
+            stream.close()
+            self.stream = None
+            raise
+        if (
+            opts.user_identity is not None
+            and opts.user_identity.positive_response
+            and accept.user_identity_response is None
+        ):
+            stream.abort()
+            self.stream = None
+            raise PermissionError("peer sent no positive user identity response (-rsp)")
+        self.accept = accept
+        peer_max = accept.max_pdu or UNLIMITED_PDU
+        self.send_pdu = min(peer_max, opts.max_send_pdu) if opts.max_send_pdu else peer_max
+        stream.settimeout(_phase_timeout(opts.dimse_timeout, opts.socket_timeout))
+        return accept
+
+    @property
+    def is_open(self) -> bool:
+        return self.stream is not None
+
+    def accepted(self) -> dict[int, str]:
+        """Accepted context ID -> transfer syntax."""
+        return self.accept.accepted() if self.accept else {}
+
+    def release(self) -> None:
+        """A-RELEASE the association (errors while releasing only close the socket)."""
+        stream, self.stream = self.stream, None
+        if stream is None:
+            return
+        try:
+            stream.settimeout(_phase_timeout(self.options.acse_timeout, self.options.socket_timeout))
+            acse.release(stream)
+        except (OSError, ProtocolError):
+            stream.close()
+
+    def abort(self) -> None:
+        """A-ABORT the association (``--abort``, or after an error that leaves it unusable)."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.abort()
+
+    def close(self) -> None:
+        """Drop the connection without a PDU (the peer is gone or the association is broken)."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.close()
+
+    # -- DIMSE ---------------------------------------------------------------------------------------
+
+    def _next_message_id(self) -> int:
+        self._message_id = (self._message_id % 0xFFFF) + 1
+        return self._message_id
+
+    def _read_response(self, message_id: int) -> dimse.Command:
+        assert self.stream is not None
+        fragments: list[bytes | memoryview] = []
+        while True:
+            pdu_type, body = self.stream.read_pdu()
+            if pdu_type != P_DATA_TF:
+                raise ProtocolError(f"expected P-DATA-TF with a response, got PDU type 0x{pdu_type:02X}")
+            for _ctx, control, fragment in iter_pdvs(body):
+                if not control & 1:
+                    raise ProtocolError("unexpected data set fragment in a response")
+                fragments.append(fragment)
+                if control & 2:
+                    cmd = dimse.decode_command(b"".join(fragments))
+                    if cmd.message_id_responded != message_id:
+                        raise ProtocolError(
+                            f"response to message {cmd.message_id_responded}, expected {message_id}"
+                        )
+                    return cmd
+
+    def echo(self, context_id: int) -> int:
+        """Send C-ECHO-RQ on `context_id`; return the response status."""
+        assert self.stream is not None
+        message_id = self._next_message_id()
+        self.stream.send_parts(pdata_parts(context_id, dimse.c_echo_rq(message_id), True, self.send_pdu))
+        return self._read_response(message_id).status or 0
+
+    def store_bytes(
+        self, context_id: int, sop_class_uid: str, sop_instance_uid: str, dataset: bytes | memoryview
+    ) -> StoreResponse:
+        """Send one C-STORE-RQ whose data set is `dataset` (already encoded in the context's syntax)."""
+        assert self.stream is not None
+        message_id = self._next_message_id()
+        command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
+        parts = pdata_parts(context_id, command, True, self.send_pdu)
+        parts += pdata_parts(context_id, dataset, False, self.send_pdu)
+        self.stream.send_parts(parts)
+        cmd = self._read_response(message_id)
+        return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
+
+    def store_file(
+        self,
+        context_id: int,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        path: str,
+        data_offset: int,
+    ) -> StoreResponse:
+        """Send one C-STORE-RQ whose data set is read from `path` starting at `data_offset`, unchanged.
+
+        Files up to `STREAM_CHUNK` bytes go out in one gather write; larger ones are streamed, so memory
+        stays flat whatever the file size.
+        """
+        assert self.stream is not None
+        with open(path, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size - data_offset
+            fh.seek(data_offset)
+            if size <= STREAM_CHUNK:
+                data = fh.read()
+                return self.store_bytes(context_id, sop_class_uid, sop_instance_uid, data)
+            message_id = self._next_message_id()
+            command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
+            self.stream.send_parts(pdata_parts(context_id, command, True, self.send_pdu))
+            # Multiples of the fragment size keep every PDU but the last one full.
+            fragment = max(self.send_pdu - 6, 1)
+            chunk = max(fragment, (STREAM_CHUNK // fragment) * fragment)
+            remaining = size
+            buf = bytearray(chunk)
+            view = memoryview(buf)
+            while remaining > 0:
+                n = fh.readinto(buf)
+                if not n:
+                    raise OSError(f"{path}: file shrank while being sent")
+                n = min(n, remaining)
+                remaining -= n
+                self.stream.send_parts(
+                    pdata_fragment_parts(context_id, view[:n], False, self.send_pdu, last=remaining <= 0)
+                )
+        cmd = self._read_response(message_id)
+        return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
+
