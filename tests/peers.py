@@ -1,0 +1,611 @@
+"""Real DICOM peers (DCMTK storescp/storescu, Orthanc) for tests and benchmarks.
+
+Importable from pytest (``from peers import ...`` inside ``tests/``) and from
+perf scripts (``sys.path.insert(0, "<repo>/tests")``); no pytest import here.
+
+DCMTK binaries are always called by absolute path because pynetdicom's own
+``storescu``/``storescp`` apps shadow them in PATH (pyenv shims).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Corpus",
+    "DCMTK_ECHOSCU",
+    "DCMTK_STORESCP",
+    "DCMTK_STORESCU",
+    "DcmtkStorescp",
+    "STORESCU_TS_OPTION",
+    "ORTHANC_BIN",
+    "Orthanc",
+    "dataset_bytes",
+    "dcmtk_env",
+    "dcmtk_send",
+    "free_port",
+    "gen_corpus_module",
+    "make_corpus",
+    "received_index",
+    "sop_instance_uid_of",
+    "wait_listening",
+]
+
+DCMTK_STORESCP = "/usr/bin/storescp"
+DCMTK_STORESCU = "/usr/bin/storescu"
+DCMTK_ECHOSCU = "/usr/bin/echoscu"
+DCMTK_DCMSEND = "/usr/bin/dcmsend"
+ORTHANC_BIN = "/usr/sbin/Orthanc"
+
+LOOPBACK = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------
+# small helpers
+# --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port that is currently free on 127.0.0.1 (racy by nature, but fine for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def dcmtk_env(nodelay: bool = True, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a DCMTK tool; Debian's DCMTK only disables Nagle when TCP_NODELAY=1."""
+    env = dict(os.environ if base is None else base)
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    else:
+        env.pop("TCP_NODELAY", None)
+    return env
+
+
+def _port_listening(port: int, pid: int | None = None) -> bool:
+    """True when something LISTENs on ``port`` (checked without connecting, so no log noise)."""
+    try:
+        import psutil
+
+        if pid is not None:
+            proc = psutil.Process(pid)
+            conns = (
+                proc.net_connections("tcp") if hasattr(proc, "net_connections") else proc.connections("tcp")
+            )
+        else:
+            conns = psutil.net_connections("tcp")
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
+    except Exception:  # psutil missing or access denied: fall back to a connect probe
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+
+def wait_listening(
+    port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None, what: str = "server"
+) -> None:
+    """Poll until ``port`` is listening; raise if ``proc`` dies or the timeout expires."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before listening on {port}")
+        if _port_listening(port, proc.pid if proc is not None else None):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not listening on port {port} after {timeout}s")
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM the process group led by ``proc`` (incl. forked children), SIGKILL if needed."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # whatever is left in the group (e.g. storescp --fork children)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+# --------------------------------------------------------------------------
+# Part 10 file helpers
+# --------------------------------------------------------------------------
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _meta_end(data: bytes) -> int:
+    """Offset of the first byte after the file meta group of a Part 10 file."""
+    if len(data) < 132 or data[128:132] != b"DICM":
+        raise ValueError("not a DICOM Part 10 file (no DICM marker at offset 128)")
+    pos = 132
+    n = len(data)
+    while pos + 8 <= n:
+        group = int.from_bytes(data[pos : pos + 2], "little")
+        if group != 0x0002:
+            break
+        vr = data[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            length = int.from_bytes(data[pos + 8 : pos + 12], "little")
+            pos += 12 + length
+        else:
+            length = int.from_bytes(data[pos + 6 : pos + 8], "little")
+            pos += 8 + length
+    if pos > n:
+        raise ValueError("file meta group is truncated")
+    return pos
+
+
+def dataset_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The encoded data set of a Part 10 file: everything after its (0002,xxxx) file meta group."""
+    data = Path(path).read_bytes()
+    return data[_meta_end(data) :]
+
+
+def _read_meta(path: str | os.PathLike[str]):
+    from pydicom.filereader import read_file_meta_info
+
+    return read_file_meta_info(path)
+
+
+def sop_instance_uid_of(path: str | os.PathLike[str]) -> str:
+    """SOP Instance UID of a file (file meta MediaStorageSOPInstanceUID, else the data set)."""
+    try:
+        uid = _read_meta(path).get("MediaStorageSOPInstanceUID")
+        if uid:
+            return str(uid)
+    except Exception:
+        pass
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"], force=True)
+    return str(ds.SOPInstanceUID)
+
+
+def received_index(out_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """SOP Instance UID -> path of every Part 10 file below ``out_dir`` (reads the file meta only)."""
+    index: dict[str, str] = {}
+    for root, _dirs, names in os.walk(out_dir):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            try:
+                with open(path, "rb") as fh:
+                    head = fh.read(132)
+                if len(head) < 132 or head[128:] != b"DICM":
+                    continue
+                uid = _read_meta(path).get("MediaStorageSOPInstanceUID")
+            except Exception:
+                continue
+            if uid:
+                index[str(uid)] = path
+    return index
+
+
+# --------------------------------------------------------------------------
+# corpus
+# --------------------------------------------------------------------------
+
+
+def gen_corpus_module():
+    """``scripts/gen_corpus.py`` imported by path (``scripts`` is not a package)."""
+    import importlib.util
+    import sys
+
+    mod = sys.modules.get("gen_corpus")
+    if mod is None:
+        spec = importlib.util.spec_from_file_location("gen_corpus", REPO_ROOT / "scripts" / "gen_corpus.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["gen_corpus"] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+@dataclass
+class Corpus:
+    """A generated corpus: its root directory and the generator's manifest."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def files(self) -> list[dict[str, Any]]:
+        return self.manifest["files"]
+
+    @property
+    def junk(self) -> list[dict[str, Any]]:
+        return self.manifest["junk"]
+
+    def path(self, rec: dict[str, Any] | str) -> Path:
+        """Absolute path of a manifest record (or of a relative path)."""
+        return self.root / (rec if isinstance(rec, str) else rec["path"])
+
+    def paths(self, records: Iterable[dict[str, Any]] | None = None) -> list[Path]:
+        return [self.path(r) for r in (self.files if records is None else records)]
+
+    def uids(self, records: Iterable[dict[str, Any]] | None = None) -> set[str]:
+        return {r["sop_instance_uid"] for r in (self.files if records is None else records)}
+
+    def by_uid(self) -> dict[str, dict[str, Any]]:
+        return {r["sop_instance_uid"]: r for r in self.files}
+
+
+def make_corpus(out_dir: str | os.PathLike[str], count: int, **kwargs: Any) -> Corpus:
+    """Run ``gen_corpus.generate(out_dir, count, **kwargs)`` and wrap the result."""
+    manifest = gen_corpus_module().generate(out_dir, count, **kwargs)
+    return Corpus(Path(out_dir), manifest)
+
+
+# --------------------------------------------------------------------------
+# DCMTK
+# --------------------------------------------------------------------------
+
+
+class DcmtkStorescp:
+    """``/usr/bin/storescp`` on a free port, as a context manager.
+
+    storescp (DCMTK 3.6.7) has no bind-address option and listens on all
+    interfaces; there is no way around that short of a network namespace.
+
+    ``extra_args`` go before the port, e.g. ``["--fork", "+xa", "+B"]``.
+    ``-od`` defaults to a fresh temporary directory unless given in
+    ``extra_args`` or as ``out_dir``. ``verbose`` adds ``-v`` so the log has
+    one "Association Received" line per association (``-d`` for debug).
+
+    Leaving the ``with`` block (or ``close()``) stops storescp and deletes its
+    private temporary directory: the log and, if no ``out_dir``/``-od`` was
+    given, the received files. ``stop()`` alone keeps them.
+    """
+
+    def __init__(
+        self,
+        extra_args: Sequence[str] = (),
+        out_dir: str | os.PathLike[str] | None = None,
+        *,
+        port: int | None = None,
+        nodelay: bool = True,
+        verbose: bool = True,
+        debug: bool = False,
+        aet: str | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.extra_args = list(extra_args)
+        self.port = port or free_port()
+        self.nodelay = nodelay
+        self.verbose = verbose
+        self.debug = debug
+        self.aet = aet
+        self.start_timeout = start_timeout
+        self._tmp = tempfile.mkdtemp(prefix="storescp-")
+        if "-od" in self.extra_args or "--output-directory" in self.extra_args:
+            flag = "-od" if "-od" in self.extra_args else "--output-directory"
+            self.out_dir = Path(self.extra_args[self.extra_args.index(flag) + 1])
+        else:
+            self.out_dir = Path(out_dir) if out_dir is not None else Path(self._tmp) / "out"
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.extra_args += ["-od", str(self.out_dir)]
+        self.log_path = Path(self._tmp) / "storescp.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def command(self) -> list[str]:
+        cmd = [DCMTK_STORESCP]
+        if self.debug:
+            cmd.append("-d")
+        elif self.verbose:
+            cmd.append("-v")
+        if self.aet:
+            cmd += ["-aet", self.aet]
+        return cmd + self.extra_args + [str(self.port)]
+
+    def start(self) -> DcmtkStorescp:
+        # append mode: with --fork every child writes to the same log
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dcmtk_env(self.nodelay),
+                start_new_session=True,  # own process group: killpg reaches --fork children
+            )
+        try:
+            wait_listening(self.port, self.start_timeout, self.proc, "storescp")
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"storescp failed to start: {self.log()}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc)
+
+    def close(self) -> None:
+        """Stop and delete the temporary directory (log and default output directory)."""
+        self.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> DcmtkStorescp:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def association_count(self) -> int:
+        """Number of "Association Received" lines logged so far (needs verbose or debug)."""
+        return self.log().count("Association Received")
+
+    def received(self) -> dict[str, str]:
+        """SOP Instance UID -> path for every file written to the output directory."""
+        return received_index(self.out_dir)
+
+    def wait_files(self, n: int, timeout: float = 30.0) -> dict[str, str]:
+        """Wait until at least ``n`` DICOM files are in the output directory; return the index."""
+        deadline = time.monotonic() + timeout
+        while True:
+            idx = self.received()
+            if len(idx) >= n or time.monotonic() >= deadline:
+                return idx
+            time.sleep(0.1)
+
+
+#: storescu option that proposes a transfer syntax first/only, so a file goes out in its own encoding.
+STORESCU_TS_OPTION = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.70": "-xs",
+}
+
+
+def dcmtk_send(
+    paths: Iterable[str | os.PathLike[str]],
+    port: int,
+    extra_args: Sequence[str] = (),
+    *,
+    host: str = LOOPBACK,
+    nodelay: bool = True,
+    aet: str | None = None,
+    called_aet: str | None = None,
+    timeout: float = 300.0,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``/usr/bin/storescu [extra_args] host port paths...`` and return the CompletedProcess.
+
+    For directories pass ``["+sd", "+r"]`` in ``extra_args``. Output is captured as text.
+    """
+    cmd = [DCMTK_STORESCU]
+    if aet:
+        cmd += ["-aet", aet]
+    if called_aet:
+        cmd += ["-aec", called_aet]
+    cmd += list(extra_args) + [host, str(port)] + [str(p) for p in paths]
+    return subprocess.run(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        env=dcmtk_env(nodelay),
+        timeout=timeout,
+        check=check,
+    )
+
+
+# --------------------------------------------------------------------------
+# Orthanc
+# --------------------------------------------------------------------------
+
+
+class Orthanc:
+    """``/usr/sbin/Orthanc`` with a throw-away config, storage and index, as a context manager.
+
+    Accepts any storage SOP class (UnknownSopClassAccepted) and every transfer
+    syntax Orthanc 1.10 knows, does not check the called AE title, allows
+    C-STORE from any calling AE, and runs ``dicom_threads`` DICOM worker
+    threads (default 4). HTTP answers on 127.0.0.1 only (RemoteAccessAllowed
+    false; the socket itself, like the DICOM port, binds all interfaces).
+    """
+
+    def __init__(
+        self,
+        *,
+        aet: str = "ORTHANC",
+        dicom_port: int | None = None,
+        http_port: int | None = None,
+        dicom_threads: int = 4,
+        extra_config: dict[str, Any] | None = None,
+        start_timeout: float = 30.0,
+        verbose: bool = False,
+        nodelay: bool = True,
+    ) -> None:
+        self.aet = aet
+        self.nodelay = nodelay
+        self.dicom_port = dicom_port or free_port()
+        self.http_port = http_port or free_port()
+        while self.http_port == self.dicom_port:
+            self.http_port = free_port()
+        self.start_timeout = start_timeout
+        self.verbose = verbose
+        self.tmp = Path(tempfile.mkdtemp(prefix="orthanc-"))
+        self.storage_dir = self.tmp / "storage"
+        self.config_path = self.tmp / "orthanc.json"
+        self.log_path = self.tmp / "orthanc.log"
+        self.config: dict[str, Any] = {
+            "Name": "batchstore-test",
+            "StorageDirectory": str(self.storage_dir),
+            "IndexDirectory": str(self.storage_dir),
+            "StorageCompression": False,
+            "Plugins": [],
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "OrthancExplorerEnabled": False,
+            "WebDavEnabled": False,
+            "HttpThreadsCount": 8,
+            "DicomServerEnabled": True,
+            "DicomAet": aet,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": False,
+            "DicomCheckModalityHost": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "UnknownSopClassAccepted": True,
+            "AcceptedTransferSyntaxes": ["1.2.840.10008.1.*"],
+            "DeflatedTransferSyntaxAccepted": True,
+            "JpegTransferSyntaxAccepted": True,
+            "Jpeg2000TransferSyntaxAccepted": True,
+            "JpegLosslessTransferSyntaxAccepted": True,
+            "JpipTransferSyntaxAccepted": True,
+            "Mpeg2TransferSyntaxAccepted": True,
+            "RleTransferSyntaxAccepted": True,
+            "Mpeg4TransferSyntaxAccepted": True,
+            "H265TransferSyntaxAccepted": True,
+            "DicomThreadsCount": dicom_threads,
+            "DicomScpTimeout": 30,
+            "MaximumPduLength": 131072,
+            "OverwriteInstances": False,
+            "SaveJobs": False,
+            "MetricsEnabled": True,
+            "StableAge": 3600,
+            "DeidentifyLogs": False,
+        }
+        if extra_config:
+            self.config.update(extra_config)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    def start(self) -> Orthanc:
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        cmd = [ORTHANC_BIN, str(self.config_path)]
+        if self.verbose:
+            cmd.insert(1, "--verbose")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                env=dcmtk_env(self.nodelay),  # Orthanc uses Debian's DCMTK: Nagle on without it
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}: {self.log()[-3000:]}")
+            try:
+                self.get("/system", timeout=1)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"Orthanc REST API not up after {self.start_timeout}s") from None
+                time.sleep(0.1)
+        wait_listening(self.dicom_port, self.start_timeout, self.proc, "Orthanc DICOM server")
+        return self
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop Orthanc (a graceful shutdown takes ~3.5 s; ``graceful=False`` SIGKILLs at once)."""
+        if self.proc is not None:
+            if not graceful and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            _stop_group(self.proc, timeout=15)
+
+    def close(self, graceful: bool = False) -> None:
+        """Stop (by default without the slow graceful shutdown) and delete the temporary directory."""
+        self.stop(graceful)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> Orthanc:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # ---- REST -----------------------------------------------------------
+
+    def get(self, path: str, timeout: float = 30.0, **params: Any) -> Any:
+        import requests
+
+        r = requests.get(self.url + path, params=params or None, timeout=timeout)
+        r.raise_for_status()
+        return r.json()
+
+    def system(self) -> dict[str, Any]:
+        return self.get("/system")
+
+    def statistics(self) -> dict[str, Any]:
+        """GET /statistics (CountPatients/Studies/Series/Instances, TotalDiskSize, ...)."""
+        return self.get("/statistics")
+
+    def count_instances(self) -> int:
+        return int(self.statistics()["CountInstances"])
+
+    def instance_uids(self, page: int = 1000) -> set[str]:
+        """SOP Instance UIDs of every stored instance (paged /instances?expand)."""
+        uids: set[str] = set()
+        since = 0
+        while True:
+            batch = self.get("/instances", expand="", since=since, limit=page)
+            for inst in batch:
+                uids.add(inst["MainDicomTags"]["SOPInstanceUID"])
+            if len(batch) < page:
+                return uids
+            since += page
+
+    def wait_instances(self, n: int, timeout: float = 30.0) -> int:
+        """Wait until at least ``n`` instances are stored; return the final count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            c = self.count_instances()
+            if c >= n or time.monotonic() >= deadline:
+                return c
+            time.sleep(0.1)
