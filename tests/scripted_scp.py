@@ -1,0 +1,111 @@
+"""A scripted Storage SCP for protocol edge cases: answers each C-STORE-RQ with the status a test chooses.
+
+It speaks the upper layer protocol through batchstore's own `net`/`acse`/`dimse` modules but decides
+nothing by itself: `policy(n, sop_instance_uid)` returns the status of the n-th C-STORE (1-based, counted
+across associations), or ``"abort"`` to send an A-ABORT instead of a response. It runs in a thread of the
+test process, on 127.0.0.1 and port 0.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+from batchstore import acse, dimse
+from batchstore.net import (
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    P_DATA_TF,
+    PDUStream,
+    iter_pdvs,
+    pdata_parts,
+)
+
+Policy = Callable[[int, str], "int | str"]
+
+
+class ScriptedSCP:
+    """Context manager: ``with ScriptedSCP(lambda n, uid: 0xA700 if n <= 2 else 0) as scp: ... scp.port``."""
+
+    def __init__(self, policy: Policy, max_pdu: int = 16384) -> None:
+        self.policy = policy
+        self.max_pdu = max_pdu
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.count = 0
+        self.stored: list[str] = []  # SOP Instance UIDs answered with success/warning
+        self.associations = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._closing = False
+
+    def __enter__(self) -> ScriptedSCP:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closing = True
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._association, args=(conn,), daemon=True).start()
+
+    def _association(self, conn: socket.socket) -> None:
+        stream = PDUStream(conn)
+        try:
+            pdu_type, body = stream.read_pdu()
+            assert pdu_type == A_ASSOCIATE_RQ
+            request, _ = acse.decode_request(body)
+            results = {cid: (acse.PC_ACCEPTANCE, syntaxes[0]) for cid, _abstract, syntaxes in request.contexts}
+            stream.pdu(A_ASSOCIATE_AC, acse.encode_accept(request, results, self.max_pdu))
+            with self._lock:
+                self.associations += 1
+            command = b""
+            while True:
+                pdu_type, body = stream.read_pdu()
+                if pdu_type == A_RELEASE_RQ:
+                    stream.pdu(A_RELEASE_RP, bytes(4))
+                    return
+                assert pdu_type == P_DATA_TF
+                for ctx, control, fragment in iter_pdvs(body):
+                    if control & 1:
+                        command += bytes(fragment)
+                        if control & 2:
+                            cmd = dimse.decode_command(command)
+                            command = b""
+                            if not cmd.data_set_present:
+                                self._answer(stream, ctx, cmd)
+                    elif control & 2:  # last data set fragment: answer
+                        self._answer(stream, ctx, cmd)
+        except (OSError, AssertionError):
+            pass
+        finally:
+            stream.close()
+
+    def _answer(self, stream: PDUStream, ctx: int, cmd: dimse.Command) -> None:
+        if cmd.command_field == dimse.C_ECHO_RQ:
+            stream.send_parts(pdata_parts(ctx, dimse.c_echo_rsp(cmd.message_id), True, 0))
+            return
+        with self._lock:
+            self.count += 1
+            n = self.count
+        status = self.policy(n, cmd.sop_instance_uid)
+        if status == "abort":
+            stream.abort()
+            raise OSError("scripted abort")
+        assert isinstance(status, int)
+        if status == 0 or (status & 0xF000) == 0xB000:
+            with self._lock:
+                self.stored.append(cmd.sop_instance_uid)
+        rsp = dimse.c_store_rsp(cmd.message_id, cmd.sop_class_uid, cmd.sop_instance_uid, status)
+        stream.send_parts(pdata_parts(ctx, rsp, True, 0))
