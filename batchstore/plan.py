@@ -1,0 +1,345 @@
+"""Turning scanned instances into batches and the presentation contexts proposed to send them (pure, no I/O).
+
+A plan groups files by (SOP class, transfer syntax), cuts the groups into batches, and splits the
+presentation contexts into context groups of at most 128 (one association each) without ever
+splitting one SOP class's contexts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .scan import Instance
+from .uids import (
+    PROPOSAL_MODES,
+    is_native_convertible,
+    is_uncompressed,
+    sop_class_name,
+    ts_name,
+)
+
+__all__ = [
+    "Batch",
+    "ContextGroup",
+    "Plan",
+    "PlanOptions",
+    "PresentationContextProposal",
+    "choose_context",
+    "make_plan",
+    "proposal_for_sop_class",
+]
+
+#: DICOM allows at most 128 presentation contexts per association (odd IDs 1..255).
+MAX_CONTEXTS = 128
+
+
+@dataclass(frozen=True)
+class PresentationContextProposal:
+    """One proposed presentation context: an abstract syntax and its transfer syntaxes, preferred first."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ContextGroup:
+    """The presentation contexts of one association (at most 128, context IDs 1, 3, 5 ...)."""
+
+    index: int
+    contexts: tuple[PresentationContextProposal, ...]
+
+    @property
+    def sop_classes(self) -> tuple[str, ...]:
+        """The abstract syntaxes in this group, in proposal order, without repeats."""
+        return tuple(dict.fromkeys(pc.abstract_syntax for pc in self.contexts))
+
+    def candidates(self, sop_class: str, transfer_syntax: str) -> tuple[int, ...]:
+        """Return the context IDs that could carry a file, in order of preference.
+
+        Parameters
+        ----------
+        sop_class : str
+            The file's SOP class UID.
+        transfer_syntax : str
+            The file's own transfer syntax.
+
+        Returns
+        -------
+        tuple of int
+            First the contexts proposing the file's own syntax (it can go out as its own bytes), then
+            those proposing a syntax it can be converted to without a codec; proposal order within each.
+        """
+        own: list[int] = []
+        convertible: list[int] = []
+        for pc in self.contexts:
+            if pc.abstract_syntax != sop_class:
+                continue
+            if transfer_syntax in pc.transfer_syntaxes:
+                own.append(pc.context_id)
+            elif any(is_native_convertible(transfer_syntax, ts) for ts in pc.transfer_syntaxes):
+                convertible.append(pc.context_id)
+        return (*own, *convertible)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Files of one SOP class and transfer syntax that one worker sends on one association."""
+
+    index: int
+    sop_class_uid: str
+    transfer_syntax: str
+    context_group: int
+    instances: tuple[Instance, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """How to propose presentation contexts and cut batches (storescu's ``-x…``, ``+C``, ``-R``, ``-xf``).
+
+    Attributes
+    ----------
+    proposal : str
+        A mode of `uids.PROPOSAL_MODES` (``"uncompr"`` is storescu's default ``-x=``).
+    combine : bool
+        ``+C``: one presentation context holding all the mode's transfer syntaxes instead of one
+        for the preferred syntax and one for the others.
+    required : bool
+        ``-R``: leave out presentation contexts that no file of the SOP class could use (e.g. the
+        JPEG lossless context of ``-xs`` for a SOP class whose files are all uncompressed).
+    batch_size, batch_bytes : int
+        Upper limits of one batch (a single file larger than `batch_bytes` is a batch of its own).
+    max_contexts : int
+        Presentation contexts per association (1..128).
+    profile_contexts : tuple of PresentationContextProposal, optional
+        The presentation contexts of an ``-xf`` profile; replaces the generated proposal.
+    """
+
+    proposal: str = "uncompr"
+    combine: bool = False
+    required: bool = False
+    batch_size: int = 100
+    batch_bytes: int = 64 * 2**20
+    max_contexts: int = MAX_CONTEXTS
+    profile_contexts: tuple[PresentationContextProposal, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the dispatcher needs; `instance_count` and `total_bytes` count planned files only."""
+
+    batches: tuple[Batch, ...]
+    context_groups: tuple[ContextGroup, ...]
+    instance_count: int
+    total_bytes: int
+    unplannable: tuple[tuple[Instance, str], ...] = field(default=())
+
+
+def _uid_key(uid: str) -> tuple[int | str, ...]:
+    """Sort key ordering UIDs numerically component by component (``1.2.10`` after ``1.2.9``)."""
+    return tuple(int(p) if p.isdigit() else p for p in uid.split("."))
+
+
+def proposal_for_sop_class(file_syntaxes: Iterable[str], options: PlanOptions) -> list[tuple[str, ...]]:
+    """Return the transfer syntax lists to propose for one SOP class (context IDs not yet assigned).
+
+    Parameters
+    ----------
+    file_syntaxes : iterable of str
+        The transfer syntaxes of this SOP class's files.
+    options : PlanOptions
+        The proposal mode, ``+C`` and ``-R``.
+
+    Returns
+    -------
+    list of tuple of str
+        First a context of its own for each file syntax that is not the preferred (first) syntax of
+        a mode context: compressed or deflated syntaxes the mode lacks, and uncompressed syntaxes the
+        mode offers only as an alternative (an acceptor picks one syntax per context, typically an
+        explicit one, which would force a conversion). Then the mode's contexts: the preferred syntax
+        and the rest separately, or all together with ``combine`` (``+C``).
+    """
+    try:
+        mode = PROPOSAL_MODES[options.proposal]
+    except KeyError:
+        raise ValueError(
+            f"unknown proposal mode {options.proposal!r}; expected one of {', '.join(PROPOSAL_MODES)}"
+        ) from None
+    syntaxes = tuple(dict.fromkeys(file_syntaxes))
+    mode_lists = [mode] if options.combine or len(mode) == 1 else [mode[:1], mode[1:]]
+    preferred = {ts_list[0] for ts_list in mode_lists}
+    # A file syntax that no mode context prefers gets a context of its own, so that the peer can
+    # accept it as is and the file goes out as its own bytes: compressed (and deflated) syntaxes the
+    # mode lacks, and uncompressed ones the mode offers only as an alternative. Uncompressed syntaxes
+    # the mode does not offer at all (-xi, mpeg/hevc) are converted, or unplannable.
+    lists: list[tuple[str, ...]] = [
+        (ts,)
+        for ts in sorted(syntaxes, key=_uid_key)
+        if ts not in preferred and (ts in mode or not is_uncompressed(ts))
+    ]
+    if options.required:
+        mode_lists = [
+            ts_list for ts_list in mode_lists if any(_usable(f, ts) for f in syntaxes for ts in ts_list)
+        ]
+    lists.extend(mode_lists)
+    return lists
+
+
+def _usable(file_ts: str, ts: str) -> bool:
+    return file_ts == ts or is_native_convertible(file_ts, ts)
+
+
+def _group_contexts(
+    per_class: Sequence[tuple[str, list[tuple[str, ...]]]], max_contexts: int
+) -> tuple[tuple[ContextGroup, ...], dict[str, int]]:
+    """First-fit the SOP classes' context lists into groups of at most `max_contexts`."""
+    bins: list[list[tuple[str, list[tuple[str, ...]]]]] = []
+    sizes: list[int] = []
+    for sop_class, lists in per_class:
+        if len(lists) > max_contexts:
+            raise ValueError(
+                f"{sop_class_name(sop_class)} needs {len(lists)} presentation contexts, "
+                f"more than the {max_contexts} allowed in one association"
+            )
+        for i, used in enumerate(sizes):
+            if used + len(lists) <= max_contexts:
+                bins[i].append((sop_class, lists))
+                sizes[i] += len(lists)
+                break
+        else:
+            bins.append([(sop_class, lists)])
+            sizes.append(len(lists))
+    groups: list[ContextGroup] = []
+    group_of: dict[str, int] = {}
+    for index, members in enumerate(bins):
+        contexts: list[PresentationContextProposal] = []
+        for sop_class, lists in members:
+            group_of[sop_class] = index
+            for ts_list in lists:
+                contexts.append(PresentationContextProposal(2 * len(contexts) + 1, sop_class, ts_list))
+        groups.append(ContextGroup(index, tuple(contexts)))
+    return tuple(groups), group_of
+
+
+def make_plan(instances: Iterable[Instance], options: PlanOptions | None = None) -> Plan:
+    """Plan batches and presentation contexts for scanned instances.
+
+    Parameters
+    ----------
+    instances : iterable of Instance
+        Scanned files; their order is kept within each (SOP class, transfer syntax) group.
+    options : PlanOptions, optional
+        Proposal mode, limits and an optional ``-xf`` profile.
+
+    Returns
+    -------
+    Plan
+        Batches ordered by context group, then SOP class and transfer syntax (UIDs in numeric
+        order), then input order; files no proposed context can carry are in `Plan.unplannable`.
+    """
+    options = options or PlanOptions()
+    if not 1 <= options.max_contexts <= MAX_CONTEXTS:
+        raise ValueError(f"max_contexts must be between 1 and {MAX_CONTEXTS}, not {options.max_contexts}")
+    if options.batch_size < 1 or options.batch_bytes < 1:
+        raise ValueError("batch_size and batch_bytes must be positive")
+
+    by_key: dict[tuple[str, str], list[Instance]] = {}
+    for inst in instances:
+        by_key.setdefault((inst.sop_class_uid, inst.transfer_syntax), []).append(inst)
+    syntaxes_of: dict[str, list[str]] = {}
+    for sop_class, ts in by_key:
+        syntaxes_of.setdefault(sop_class, []).append(ts)
+    sop_classes = sorted(syntaxes_of, key=_uid_key)
+
+    unplannable: list[tuple[Instance, str]] = []
+    per_class: list[tuple[str, list[tuple[str, ...]]]] = []
+    if options.profile_contexts is not None:
+        profile: dict[str, list[tuple[str, ...]]] = {}
+        for pc in options.profile_contexts:
+            profile.setdefault(pc.abstract_syntax, []).append(tuple(pc.transfer_syntaxes))
+        for sop_class in sop_classes:
+            if sop_class in profile:
+                per_class.append((sop_class, profile[sop_class]))
+        missing_why = "in profile"
+    else:
+        for sop_class in sop_classes:
+            lists = proposal_for_sop_class(syntaxes_of[sop_class], options)
+            if lists:
+                per_class.append((sop_class, lists))
+        missing_why = f"in proposal mode {options.proposal!r}"
+
+    groups, group_of = _group_contexts(per_class, options.max_contexts)
+
+    keys = sorted(by_key, key=lambda k: (group_of.get(k[0], -1), _uid_key(k[0]), _uid_key(k[1])))
+    batches: list[Batch] = []
+    count = total = 0
+    for sop_class, ts in keys:
+        members = by_key[(sop_class, ts)]
+        group = group_of.get(sop_class)
+        if group is None:
+            reason = f"no presentation context for {sop_class_name(sop_class)} {missing_why}"
+            unplannable.extend((inst, reason) for inst in members)
+            continue
+        if not groups[group].candidates(sop_class, ts):
+            reason = (
+                f"no presentation context for {sop_class_name(sop_class)} in {ts_name(ts)} "
+                f"or a transfer syntax it converts to {missing_why}"
+            )
+            unplannable.extend((inst, reason) for inst in members)
+            continue
+        for chunk, nbytes in _cut(members, options.batch_size, options.batch_bytes):
+            batches.append(Batch(len(batches), sop_class, ts, group, chunk, nbytes))
+            count += len(chunk)
+            total += nbytes
+    return Plan(tuple(batches), groups, count, total, tuple(unplannable))
+
+
+def _cut(
+    members: list[Instance], max_files: int, max_bytes: int
+) -> Iterable[tuple[tuple[Instance, ...], int]]:
+    chunk: list[Instance] = []
+    nbytes = 0
+    for inst in members:
+        if chunk and (len(chunk) >= max_files or nbytes + inst.size > max_bytes):
+            yield tuple(chunk), nbytes
+            chunk, nbytes = [], 0
+        chunk.append(inst)
+        nbytes += inst.size
+    if chunk:
+        yield tuple(chunk), nbytes
+
+
+def choose_context(
+    group: ContextGroup, sop_class: str, file_ts: str, accepted: Mapping[int, str]
+) -> tuple[int, str, str] | None:
+    """Pick the accepted presentation context to send a file on.
+
+    Parameters
+    ----------
+    group : ContextGroup
+        The proposed contexts of the association.
+    sop_class : str
+        The file's SOP class UID.
+    file_ts : str
+        The file's own transfer syntax.
+    accepted : mapping of int to str
+        Accepted context ID -> the transfer syntax the peer chose for it.
+
+    Returns
+    -------
+    (context_id, transfer syntax to send in, "as-is" or "convert") or None
+        A context accepted with the file's own syntax wins; else, for an uncompressed (or deflated)
+        file, the first accepted context whose syntax it converts to. None if nothing fits, e.g. a
+        compressed file whose own transfer syntax the peer rejected.
+    """
+    candidates = group.candidates(sop_class, file_ts)
+    for cid in candidates:
+        if accepted.get(cid) == file_ts:
+            return cid, file_ts, "as-is"
+    for cid in candidates:
+        ts = accepted.get(cid)
+        if ts is not None and is_native_convertible(file_ts, ts):
+            return cid, ts, "convert"
+    return None
