@@ -141,7 +141,11 @@ class Worker:
             if self.halted:
                 self.emit(self._outcome(inst, st.NOT_SENT, error="not sent: run halted"))
                 continue
-            self.emit(self.send_one(batch, inst, start_index + offset))
+            outcome = self.send_one(batch, inst, start_index + offset)
+            self.emit(outcome)
+            if self.config.halt_on_failure and outcome.category in (st.TRANSIENT, st.PERMANENT):
+                self.halted = True  # storescu's default: halt on the first unsuccessful store
+                self.flush()
         self.flush()
 
     def _outcome(self, inst, category: str, **kw) -> Outcome:  # type: ignore[no-untyped-def]
@@ -335,7 +339,7 @@ class Coordinator:
         wid = self.next_worker_id
         self.next_worker_id += 1
         parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(
+        proc = self._ctx.Process(  # type: ignore[attr-defined]
             target=worker_main, args=(wid, child, self.config), name=f"batchstore-worker-{wid}", daemon=True
         )
         proc.start()

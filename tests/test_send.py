@@ -84,11 +84,11 @@ def test_big_mixed_corpus_to_storescp_fork(big_corpus: tuple[Path, dict], tmp_pa
         sampler.stop.set()
         received = scp.wait_files(len(files), timeout=60)
         log = scp.log()
+        # every valid file arrived, data set byte for byte
+        assert set(received) == {f["sop_instance_uid"] for f in files}
+        for f in files:
+            assert dataset_bytes(received[f["sop_instance_uid"]]) == dataset_bytes(corpus / f["path"]), f["path"]
     assert proc.returncode == EXIT_SOME_FAILED, proc.stderr[-3000:]
-    # every valid file arrived, data set byte for byte
-    assert set(received) == {f["sop_instance_uid"] for f in files}
-    for f in files:
-        assert dataset_bytes(received[f["sop_instance_uid"]]) == dataset_bytes(corpus / f["path"]), f["path"]
     # every junk file is in the report with its reason
     report = json.loads(report_path.read_text())
     by_path = {Path(r["path"]).resolve(): r for r in report["files"]}
@@ -216,14 +216,14 @@ def test_implicit_only_converts_uncompressed_files(small_corpus: tuple[Path, dic
     with DcmtkStorescp(["+B"]) as scp:
         proc = run_send("-xi", "-nh", "-j", "2", "+sd", "+r", "127.0.0.1", str(scp.port), str(corpus))
         received = scp.wait_files(len(plain), timeout=30)
+        for f in plain:
+            got = pydicom.dcmread(received[f["sop_instance_uid"]])
+            assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+            want = pydicom.dcmread(corpus / f["path"])
+            assert got.SOPInstanceUID == want.SOPInstanceUID
+            if "PixelData" in want:
+                assert (got.pixel_array == want.pixel_array).all(), f["path"]
     assert proc.returncode == EXIT_SOME_FAILED  # the RLE files cannot be sent implicit VR
-    for f in plain:
-        got = pydicom.dcmread(received[f["sop_instance_uid"]])
-        assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
-        want = pydicom.dcmread(corpus / f["path"])
-        assert got.SOPInstanceUID == want.SOPInstanceUID
-        if "PixelData" in want:
-            assert (got.pixel_array == want.pixel_array).all(), f["path"]
 
 
 def test_python_api_and_exit_codes(small_corpus: tuple[Path, dict], tmp_path: Path) -> None:
@@ -263,9 +263,9 @@ def test_invent_uids(small_corpus: tuple[Path, dict]) -> None:
         proc = run_send("+II", "+IR", "5", "-nh", "-j", "2", "127.0.0.1", str(scp.port),
                         *[str(corpus / f["path"]) for f in plain])
         received = scp.wait_files(len(plain), timeout=30)
+        series = {pydicom.dcmread(p).SeriesInstanceUID for p in received.values()}
     assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
     assert not set(received) & {f["sop_instance_uid"] for f in plain}  # all new instance UIDs
-    series = {pydicom.dcmread(p).SeriesInstanceUID for p in received.values()}
     assert len(series) == -(-len(plain) // 5)  # a new series every 5 images
 
 

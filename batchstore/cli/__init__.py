@@ -7,6 +7,7 @@ spellings (``-aet``, ``+sd``, ``-x=`` …) so that an existing storescu/storescp
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -17,17 +18,32 @@ from .dcmtk import normalize_argv
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+#: Subcommand name -> module (imported only when that subcommand runs, so `send` workers stay lean).
+COMMANDS = {
+    "send": "batchstore.cli.send",
+    "receive": "batchstore.cli.receive",
+    "scan": "batchstore.cli.scan",
+    "echo": "batchstore.cli.echo",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is None:
+            return None
+        return importlib.import_module(module).command  # type: ignore[no-any-return]
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, "--version", prog_name="batchstore")
 def cli() -> None:
     """Send and receive DICOM files over the network, in parallel, without losing any."""
-
-
-def _register() -> None:
-    from . import echo, receive, scan, send
-
-    for module in (send, receive, scan, echo):
-        cli.add_command(module.command)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,5 +54,4 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(2)
-    _register()
     cli.main(args=args, prog_name="batchstore")

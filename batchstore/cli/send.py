@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from typing import Any
 
 import click
 
@@ -13,35 +14,14 @@ from ..api import SendOptions, default_workers, send
 from ..plan import PlanOptions
 from ..report import EXIT_ERROR
 from ..transcode import EditOptions
+from ..uids import PROPOSAL_FLAGS
 from .common import logging_options, setup_logging, tls_options
 from .progress import Progress
 
 log = logging.getLogger("batchstore")
 
-#: storescu's ``-x…`` proposal options: (short, long, mode name in `uids.PROPOSAL_MODES`).
-PROPOSAL_OPTIONS = [
-    ("-xe", "--propose-little", "little"),
-    ("-xb", "--propose-big", "big"),
-    ("-xi", "--propose-implicit", "implicit"),
-    ("-xs", "--propose-lossless", "lossless"),
-    ("-xy", "--propose-jpeg8", "jpeg8"),
-    ("-xx", "--propose-jpeg12", "jpeg12"),
-    ("-xv", "--propose-j2k-lossless", "j2k-lossless"),
-    ("-xw", "--propose-j2k-lossy", "j2k-lossy"),
-    ("-xt", "--propose-jls-lossless", "jls-lossless"),
-    ("-xu", "--propose-jls-lossy", "jls-lossy"),
-    ("-xm", "--propose-mpeg2", "mpeg2"),
-    ("-xh", "--propose-mpeg2-high", "mpeg2-high"),
-    ("-xn", "--propose-mpeg4", "mpeg4"),
-    ("-xl", "--propose-mpeg4-bd", "mpeg4-bd"),
-    ("-x2", "--propose-mpeg4-2-2d", "mpeg4-2-2d"),
-    ("-x3", "--propose-mpeg4-2-3d", "mpeg4-2-3d"),
-    ("-xo", "--propose-mpeg4-2-st", "mpeg4-2-st"),
-    ("-x4", "--propose-hevc", "hevc"),
-    ("-x5", "--propose-hevc10", "hevc10"),
-    ("-xr", "--propose-rle", "rle"),
-    ("-xd", "--propose-deflated", "deflated"),
-]
+#: storescu's ``-x…`` proposal options (``-x=`` is the default, declared below as --propose-uncompr).
+PROPOSAL_OPTIONS = [flag for flag in PROPOSAL_FLAGS if flag[0] != "-x="]
 
 
 def _pdu_range(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -67,9 +47,22 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
 @logging_options
 @click.option("+v", "--verbose-pc", is_flag=True, help="Show presentation contexts in verbose mode.")
 # input options
-@click.option("+f", "--read-file", "read_mode", flag_value="auto", default=True, help="Read file format or data set (default).")
+@click.option(
+    "+f",
+    "--read-file",
+    "read_mode",
+    flag_value="auto",
+    default=True,
+    help="Read file format or data set (default).",
+)
 @click.option("+fo", "--read-file-only", "read_mode", flag_value="file-only", help="Read file format only.")
-@click.option("-f", "--read-dataset", "read_mode", flag_value="dataset", help="Read data set without file meta information.")
+@click.option(
+    "-f",
+    "--read-dataset",
+    "read_mode",
+    flag_value="dataset",
+    help="Read data set without file meta information.",
+)
 @click.option("+sd", "--scan-directories", is_flag=True, help="Scan directories for input files.")
 @click.option("+sp", "--scan-pattern", metavar="PATTERN", help="Pattern for file name matching (with +sd).")
 @click.option("+r/-r", "--recurse/--no-recurse", default=False, help="Recurse within specified directories.")
@@ -80,12 +73,32 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
 @click.option("-i0", "--ip-auto", "family", flag_value="0", help="Use DNS lookup to determine IP protocol.")
 @click.option("-aet", "--aetitle", default="STORESCU", show_default=True, help="My calling AE title.")
 @click.option("-aec", "--call", default="ANY-SCP", show_default=True, help="Called AE title of peer.")
-@click.option("-xf", "--config-file", nargs=2, metavar="FILE PROFILE", help="Use profile PROFILE from config file FILE.")
-@click.option("--propose-uncompr", "proposal", flag_value="uncompr", default=True, help="-x=: all uncompressed TS, explicit VR local byte order first (default).")
-@click.option("-R", "--required", is_flag=True, help="Propose only required presentation contexts (always so in batchstore).")
+@click.option(
+    "-xf", "--config-file", nargs=2, metavar="FILE PROFILE", help="Use profile PROFILE from config file FILE."
+)
+@click.option(
+    "--propose-uncompr",
+    "proposal",
+    flag_value="uncompr",
+    default=True,
+    help="-x=: all uncompressed TS, explicit VR local byte order first (default).",
+)
+@click.option(
+    "-R",
+    "--required",
+    is_flag=True,
+    help="Propose only required presentation contexts (always so in batchstore).",
+)
 @click.option("+C", "--combine", is_flag=True, help="Combine proposed transfer syntaxes in one context.")
-@click.option("+u/-u", "--enable-new-vr/--disable-new-vr", default=True, help="Enable (default) or disable new VRs (UN/UT), converting to OB.")
-@click.option("+cl", "--compression-level", type=click.IntRange(0, 9), default=6, help="Deflate level (with -xd).")
+@click.option(
+    "+u/-u",
+    "--enable-new-vr/--disable-new-vr",
+    default=True,
+    help="Enable (default) or disable new VRs (UN/UT), converting to OB.",
+)
+@click.option(
+    "+cl", "--compression-level", type=click.IntRange(0, 9), default=6, help="Deflate level (with -xd)."
+)
 @click.option("-usr", "--user", help="Authenticate using this user name.")
 @click.option("-pwd", "--password", help="Authenticate using this password (with --user).")
 @click.option("-epw", "--empty-password", is_flag=True, help="Send empty password (with --user).")
@@ -94,36 +107,94 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
 @click.option("--jwt", type=click.Path(), help="Read JWT data from file.")
 @click.option("-rsp", "--pos-response", is_flag=True, help="Expect positive user identity response.")
 @click.option("-to", "--timeout", type=click.IntRange(min=1), help="Timeout for connection requests (s).")
-@click.option("-ts", "--socket-timeout", type=click.IntRange(min=0), default=60, help="Timeout for network socket (s, 0 for none).")
-@click.option("-ta", "--acse-timeout", type=click.IntRange(min=1), default=30, help="Timeout for ACSE messages (s).")
+@click.option(
+    "-ts",
+    "--socket-timeout",
+    type=click.IntRange(min=0),
+    default=60,
+    help="Timeout for network socket (s, 0 for none).",
+)
+@click.option(
+    "-ta", "--acse-timeout", type=click.IntRange(min=1), default=30, help="Timeout for ACSE messages (s)."
+)
 @click.option("-td", "--dimse-timeout", type=click.IntRange(min=1), help="Timeout for DIMSE messages (s).")
-@click.option("-pdu", "--max-pdu", type=int, default=16384, callback=_pdu_range, help="Max receive PDU (4096..131072).")
+@click.option(
+    "-pdu", "--max-pdu", type=int, default=16384, callback=_pdu_range, help="Max receive PDU (4096..131072)."
+)
 @click.option("--max-send-pdu", type=int, callback=_pdu_range, help="Restrict max send PDU (4096..131072).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="Repeat n times.")
 @click.option("--abort", is_flag=True, help="Abort association instead of releasing it.")
 @click.option("-nh", "--no-halt", is_flag=True, help="Do not halt if unsuccessful store encountered.")
 @click.option("-up", "--uid-padding", is_flag=True, help="Silently correct space-padded UIDs.")
-@click.option("+II", "--invent-instance", is_flag=True, help="Invent a new SOP instance UID for every image sent.")
-@click.option("+IR", "--invent-series", type=click.IntRange(min=1), help="Invent a new series UID after n images (implies +II).")
-@click.option("+IS", "--invent-study", type=click.IntRange(min=1), help="Invent a new study UID after n series (implies +II).")
-@click.option("+IP", "--invent-patient", type=click.IntRange(min=1), help="Invent a new patient after n studies (implies +II).")
+@click.option(
+    "+II", "--invent-instance", is_flag=True, help="Invent a new SOP instance UID for every image sent."
+)
+@click.option(
+    "+IR",
+    "--invent-series",
+    type=click.IntRange(min=1),
+    help="Invent a new series UID after n images (implies +II).",
+)
+@click.option(
+    "+IS",
+    "--invent-study",
+    type=click.IntRange(min=1),
+    help="Invent a new study UID after n series (implies +II).",
+)
+@click.option(
+    "+IP",
+    "--invent-patient",
+    type=click.IntRange(min=1),
+    help="Invent a new patient after n studies (implies +II).",
+)
 # batchstore's own options
-@click.option("-j", "--workers", type=click.IntRange(min=1), envvar="BATCHSTORE_WORKERS", help="Worker processes, each with its own association (default: CPU count).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Files per batch handed to a worker (default: automatic, at most 100).")
-@click.option("--batch-bytes", type=click.IntRange(min=1), default=64 * 2**20, help="Bytes per batch at most.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a per-file report (.json or .csv).")
-@click.option("--retries", type=click.IntRange(min=0), default=3, show_default=True, help="Retries of transient failures per file.")
-@click.option("--retry-wait", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Base wait before a retry (s), exponential with jitter.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal).")
+@click.option(
+    "-j",
+    "--workers",
+    type=click.IntRange(min=1),
+    envvar="BATCHSTORE_WORKERS",
+    help="Worker processes, each with its own association (default: CPU count).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    help="Files per batch handed to a worker (default: automatic, at most 100).",
+)
+@click.option(
+    "--batch-bytes", type=click.IntRange(min=1), default=64 * 2**20, help="Bytes per batch at most."
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="Write a per-file report (.json or .csv).",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Retries of transient failures per file.",
+)
+@click.option(
+    "--retry-wait",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Base wait before a retry (s), exponential with jitter.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal)."
+)
 @tls_options()
 @click.pass_context
-def command(ctx: click.Context, **kw: object) -> None:
+def command(ctx: click.Context, **kw: Any) -> None:
     """Send DICOM files to a Storage SCP over parallel associations (storescu-compatible).
 
     PEER PORT DCMFILE-IN...: the peer's host name and port, and the files (or directories with +sd) to send.
     """
-    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])  # type: ignore[arg-type]
-    files = list(kw["dcmfile_in"])  # type: ignore[call-overload]
+    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    files = list(kw["dcmfile_in"])
     if not files:
         raise click.UsageError("missing parameter DCMFILE-IN: no files or directories to send")
     if kw["scan_pattern"] and not kw["scan_directories"]:
@@ -140,7 +211,7 @@ def command(ctx: click.Context, **kw: object) -> None:
     if kw["config_file"]:
         from ..asconfig import ConfigError, load_profile
 
-        cfg_file, cfg_profile = kw["config_file"]  # type: ignore[misc]
+        cfg_file, cfg_profile = kw["config_file"]
         try:
             profile = load_profile(cfg_file, cfg_profile)
         except (ConfigError, OSError) as exc:
@@ -149,15 +220,15 @@ def command(ctx: click.Context, **kw: object) -> None:
     invent = bool(kw["invent_instance"] or kw["invent_series"] or kw["invent_study"] or kw["invent_patient"])
     edits = EditOptions(
         invent_instance=invent,
-        invent_series_after=int(kw["invent_series"] or 100) if invent else 0,  # type: ignore[call-overload]
-        invent_study_after=int(kw["invent_study"] or 50) if invent else 0,  # type: ignore[call-overload]
-        invent_patient_after=int(kw["invent_patient"] or 25) if invent else 0,  # type: ignore[call-overload]
+        invent_series_after=int(kw["invent_series"] or 100) if invent else 0,
+        invent_study_after=int(kw["invent_study"] or 50) if invent else 0,
+        invent_patient_after=int(kw["invent_patient"] or 25) if invent else 0,
         uid_padding=bool(kw["uid_padding"]),
         disable_new_vr=not kw["enable_new_vr"],
-        compression_level=int(kw["compression_level"]),  # type: ignore[call-overload]
+        compression_level=int(kw["compression_level"]),
     )
     family = {"4": socket.AF_INET, "6": socket.AF_INET6, "0": socket.AF_UNSPEC}[str(kw["family"])]
-    workers = int(kw["workers"] or default_workers())  # type: ignore[call-overload]
+    workers = int(kw["workers"] or default_workers())
     options = SendOptions(
         calling_ae=str(kw["aetitle"]),
         called_ae=str(kw["call"]),
@@ -165,29 +236,29 @@ def command(ctx: click.Context, **kw: object) -> None:
         family=family,
         scan_directories=bool(kw["scan_directories"]),
         recurse=bool(kw["recurse"]),
-        pattern=kw["scan_pattern"],  # type: ignore[arg-type]
+        pattern=kw["scan_pattern"],
         read_mode=str(kw["read_mode"]),
         plan=PlanOptions(
             proposal=str(kw["proposal"]),
             combine=bool(kw["combine"]),
             required=bool(kw["required"]),
-            batch_bytes=int(kw["batch_bytes"]),  # type: ignore[call-overload]
+            batch_bytes=int(kw["batch_bytes"]),
             profile_contexts=profile,
         ),
-        batch_size=kw["batch_size"],  # type: ignore[arg-type]
-        max_pdu=int(kw["max_pdu"]),  # type: ignore[call-overload]
-        max_send_pdu=int(kw["max_send_pdu"] or 0),  # type: ignore[call-overload]
-        connect_timeout=kw["timeout"],  # type: ignore[arg-type]
-        socket_timeout=float(kw["socket_timeout"]) or None,  # type: ignore[arg-type]
-        acse_timeout=float(kw["acse_timeout"]),  # type: ignore[arg-type]
-        dimse_timeout=kw["dimse_timeout"],  # type: ignore[arg-type]
+        batch_size=kw["batch_size"],
+        max_pdu=int(kw["max_pdu"]),
+        max_send_pdu=int(kw["max_send_pdu"] or 0),
+        connect_timeout=kw["timeout"],
+        socket_timeout=float(kw["socket_timeout"]) or None,
+        acse_timeout=float(kw["acse_timeout"]),
+        dimse_timeout=kw["dimse_timeout"],
         user_identity=identity,
         edits=edits,
         halt_on_failure=not kw["no_halt"],
         abort_at_end=bool(kw["abort"]),
-        repeat=int(kw["repeat"]),  # type: ignore[call-overload]
-        retries=int(kw["retries"]),  # type: ignore[call-overload]
-        retry_wait=float(kw["retry_wait"]),  # type: ignore[arg-type]
+        repeat=int(kw["repeat"]),
+        retries=int(kw["retries"]),
+        retry_wait=float(kw["retry_wait"]),
         rename=bool(kw["rename"]),
     )
     show_progress = kw["progress"]
@@ -198,7 +269,7 @@ def command(ctx: click.Context, **kw: object) -> None:
         report = send(
             files,
             str(kw["peer"]),
-            int(kw["port"]),  # type: ignore[call-overload]
+            int(kw["port"]),
             options,
             on_outcomes=progress.update,
             on_plan=progress.start,
@@ -240,5 +311,9 @@ def _user_identity(kw: dict) -> UserIdentity | None:
 for _short, _long, _mode in reversed(PROPOSAL_OPTIONS):
     command.params.insert(
         len(command.params) - 1,
-        click.Option([_short, _long, "proposal"], flag_value=_mode, help=f"Propose the {_mode} transfer syntaxes (storescu {_short})."),
+        click.Option(
+            [_short, _long, "proposal"],
+            flag_value=_mode,
+            help=f"Propose the {_mode} transfer syntaxes (storescu {_short}).",
+        ),
     )
