@@ -261,9 +261,7 @@ def encode_accept(
         pc.result = result
         pc.transfer_syntax = [ts or "1.2.840.10008.1.2"]
         primitive.presentation_context_definition_results_list.append(pc)
-    items = _user_information(
-        AssociationRequest(calling_ae="", called_ae="", contexts=(), max_pdu=max_pdu)
-    )
+    items = _user_information(AssociationRequest(calling_ae="", called_ae="", contexts=(), max_pdu=max_pdu))
     if user_identity_response is not None:
         ui = _prim.UserIdentityNegotiation()
         ui.server_response = user_identity_response

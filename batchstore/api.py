@@ -73,9 +73,7 @@ def auto_batch_size(files: int, workers: int) -> int:
     return max(1, min(100, math.ceil(files / max(1, workers * 4))))
 
 
-def plan_run(
-    paths: Sequence[str], options: SendOptions
-) -> tuple[Plan, list[Instance], list[ScanFailure]]:
+def plan_run(paths: Sequence[str], options: SendOptions) -> tuple[Plan, list[Instance], list[ScanFailure]]:
     """Scan `paths` and plan batches and presentation contexts; no network."""
     instances, failures = scan(
         list(paths),

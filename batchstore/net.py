@@ -66,9 +66,7 @@ def quickack(sock: socket.socket) -> None:
             pass
 
 
-def connect(
-    host: str, port: int, timeout: float | None, family: int = socket.AF_UNSPEC
-) -> socket.socket:
+def connect(host: str, port: int, timeout: float | None, family: int = socket.AF_UNSPEC) -> socket.socket:
     """Open a tuned TCP connection to `host`:`port`.
 
     Parameters

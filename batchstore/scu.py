@@ -252,4 +252,3 @@ class StoreSCU:
                 )
         cmd = self._read_response(message_id)
         return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
-

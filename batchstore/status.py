@@ -64,11 +64,20 @@ def status_text(status: int) -> str:
     """A human description of a C-STORE status, e.g. ``0xA700 Failure: out of resources``."""
     text = _STATUS_TEXT.get(status)
     if text is None:
-        family = {0xA7: "out of resources", 0xA9: "data set does not match SOP class", 0xC0: "cannot understand"}
-        text = "Failure: " + family.get(status >> 8, "unknown status") if classify_status(status) in (
-            TRANSIENT,
-            PERMANENT,
-        ) else "Warning"
+        family = {
+            0xA7: "out of resources",
+            0xA9: "data set does not match SOP class",
+            0xC0: "cannot understand",
+        }
+        text = (
+            "Failure: " + family.get(status >> 8, "unknown status")
+            if classify_status(status)
+            in (
+                TRANSIENT,
+                PERMANENT,
+            )
+            else "Warning"
+        )
     return f"0x{status:04X} {text}"
 
 

@@ -8,7 +8,6 @@ a compressed file whose own syntax was rejected fails with "no accepted presenta
 
 from __future__ import annotations
 
-import io
 import zlib
 from dataclasses import dataclass
 
@@ -114,7 +113,7 @@ def encode_dataset(
     ds = pydicom.dcmread(path, force=True)
     if read_dataset_only or not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta = pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = source_ts
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(source_ts)
     if edits.uid_padding:
         _strip_uid_padding(ds)
     if edits.invent_instance:
@@ -128,9 +127,6 @@ def encode_dataset(
     fp = DicomBytesIO()
     fp.is_implicit_VR = target_ts == IMPLICIT_VR_LE
     fp.is_little_endian = target_little
-    if target_ts not in (IMPLICIT_VR_LE, EXPLICIT_VR_BE) and target_ts == source_ts:
-        # same (possibly compressed) syntax: pixel data stays as it is
-        fp.is_implicit_VR = False
     ds.file_meta = None  # type: ignore[assignment]
     write_dataset(fp, ds)
     data = fp.getvalue()
@@ -138,8 +134,3 @@ def encode_dataset(
         compressor = zlib.compressobj(edits.compression_level, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = compressor.compress(data) + compressor.flush()
     return data, str(ds.SOPInstanceUID)
-
-
-def read_bare_dataset(data: bytes) -> Dataset:
-    """Decode bytes produced by `encode_dataset` for an uncompressed little endian syntax (for tests)."""
-    return pydicom.dcmread(io.BytesIO(data), force=True)

@@ -68,28 +68,23 @@ def _reject_tls(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
-def tls_options(skip: tuple[str, ...] = ()) -> Callable[[click.Command], click.Command]:
+def tls_options(skip: tuple[str, ...] = ()) -> Callable[[Callable], Callable]:
     """Add the DCMTK TLS options to a command: each one, if given, fails with a clear message.
 
     ``-tls/--disable-tls`` (the default, plain TCP) is accepted.
     """
 
-    def decorate(cmd: click.Command) -> click.Command:
-        cmd.params.append(click.Option(["-tls", "--disable-tls"], is_flag=True, hidden=True))
+    def decorate(fn: Callable) -> Callable:
+        fn = click.option("-tls", "--disable-tls", is_flag=True, hidden=True, expose_value=False)(fn)
         for decls, nargs in _TLS_OPTIONS:
             if decls[0] in skip:
                 continue
             name = "tls_" + decls[-1].lstrip("-+").replace("-", "_")
-            if nargs == 0:
-                opt = click.Option(
-                    [*decls, name], is_flag=True, hidden=True, expose_value=False, callback=_reject_tls
-                )
-            else:
-                opt = click.Option(
-                    [*decls, name], nargs=nargs, hidden=True, expose_value=False, callback=_reject_tls
-                )
-            cmd.params.append(opt)
-        return cmd
+            extra: dict[str, Any] = {"is_flag": True} if nargs == 0 else {"nargs": nargs}
+            fn = click.option(*decls, name, hidden=True, expose_value=False, callback=_reject_tls, **extra)(
+                fn
+            )
+        return fn
 
     return decorate
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -23,9 +24,9 @@ from .common import logging_options, setup_logging
 @click.option("-aec", "--call", default="ANY-SCP", show_default=True, help="Called AE title of peer.")
 @click.option("-to", "--timeout", type=click.IntRange(min=1), default=30, help="Connection timeout (s).")
 @click.option("--repeat", type=click.IntRange(min=1), default=1, help="Repeat n times.")
-def command(peer: str, port: int, aetitle: str, call: str, timeout: int, repeat: int, **kw: object) -> None:
+def command(peer: str, port: int, aetitle: str, call: str, timeout: int, repeat: int, **kw: Any) -> None:
     """Send C-ECHO-RQ to PEER PORT; exit 0 when every echo succeeded."""
-    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])  # type: ignore[arg-type]
+    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
     options = AssociationOptions(peer, port, aetitle, call, connect_timeout=timeout)
     scu = StoreSCU(options, ((1, VERIFICATION_SOP_CLASS, (IMPLICIT_VR_LE,)),))
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from typing import Any
 
 import click
 
@@ -19,28 +20,45 @@ from .send import PROPOSAL_OPTIONS
 @click.command("scan", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True)
 @logging_options
-@click.option("+f", "--read-file", "read_mode", flag_value="auto", default=True, help="Read file format or data set (default).")
+@click.option(
+    "+f",
+    "--read-file",
+    "read_mode",
+    flag_value="auto",
+    default=True,
+    help="Read file format or data set (default).",
+)
 @click.option("+fo", "--read-file-only", "read_mode", flag_value="file-only", help="Read file format only.")
-@click.option("-f", "--read-dataset", "read_mode", flag_value="dataset", help="Read data set without file meta information.")
+@click.option(
+    "-f",
+    "--read-dataset",
+    "read_mode",
+    flag_value="dataset",
+    help="Read data set without file meta information.",
+)
 @click.option("+sd", "--scan-directories", is_flag=True, help="Scan directories for input files.")
 @click.option("+sp", "--scan-pattern", metavar="PATTERN", help="Pattern for file name matching (with +sd).")
 @click.option("+r/-r", "--recurse/--no-recurse", default=False, help="Recurse within specified directories.")
-@click.option("--propose-uncompr", "proposal", flag_value="uncompr", default=True, help="-x=: default proposal.")
+@click.option(
+    "--propose-uncompr", "proposal", flag_value="uncompr", default=True, help="-x=: default proposal."
+)
 @click.option("+C", "--combine", is_flag=True, help="Combine proposed transfer syntaxes.")
-@click.option("-j", "--workers", type=click.IntRange(min=1), default=1, help="Workers the batches are cut for.")
+@click.option(
+    "-j", "--workers", type=click.IntRange(min=1), default=1, help="Workers the batches are cut for."
+)
 @click.option("--batch-size", type=click.IntRange(min=1), help="Files per batch (default: automatic).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def command(paths: tuple[str, ...], **kw: object) -> None:
+def command(paths: tuple[str, ...], **kw: Any) -> None:
     """Print what `send` would do with PATHS: groups, batches, presentation contexts, unreadable files."""
-    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])  # type: ignore[arg-type]
+    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
     options = SendOptions(
-        workers=int(kw["workers"]),  # type: ignore[call-overload]
+        workers=int(kw["workers"]),
         scan_directories=bool(kw["scan_directories"]),
         recurse=bool(kw["recurse"]),
-        pattern=kw["scan_pattern"],  # type: ignore[arg-type]
+        pattern=kw["scan_pattern"],
         read_mode=str(kw["read_mode"]),
         plan=PlanOptions(proposal=str(kw["proposal"]), combine=bool(kw["combine"])),
-        batch_size=kw["batch_size"],  # type: ignore[arg-type]
+        batch_size=kw["batch_size"],
     )
     plan, instances, failures = plan_run(list(paths), options)
     groups: Counter = Counter()
@@ -61,8 +79,11 @@ def command(paths: tuple[str, ...], **kw: object) -> None:
                     "batches": len(plan.batches),
                     "context_groups": [
                         [
-                            {"context_id": pc.context_id, "abstract_syntax": pc.abstract_syntax,
-                             "transfer_syntaxes": list(pc.transfer_syntaxes)}
+                            {
+                                "context_id": pc.context_id,
+                                "abstract_syntax": pc.abstract_syntax,
+                                "transfer_syntaxes": list(pc.transfer_syntaxes),
+                            }
                             for pc in g.contexts
                         ]
                         for g in plan.context_groups
@@ -93,4 +114,6 @@ def command(paths: tuple[str, ...], **kw: object) -> None:
 
 
 for _short, _long, _mode in reversed(PROPOSAL_OPTIONS):
-    command.params.insert(len(command.params) - 1, click.Option([_short, _long, "proposal"], flag_value=_mode, hidden=True))
+    command.params.insert(
+        len(command.params) - 1, click.Option([_short, _long, "proposal"], flag_value=_mode, hidden=True)
+    )
