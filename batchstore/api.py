@@ -24,6 +24,7 @@ import psutil
 from . import status as st
 from .acse import UserIdentity
 from .dispatch import Coordinator, WorkerConfig
+from .journal import Journal, JournalReport
 from .plan import Plan, PlanOptions, make_plan
 from .report import Outcome, Report
 from .scan import Instance, ScanFailure, scan
@@ -61,6 +62,7 @@ class SendOptions:
     retries: int = 3
     retry_wait: float = 1.0
     rename: bool = False  # +rn: append .done / .bad
+    journal: str | None = None  # --journal: SQLite file; a rerun sends only what is not done
 
 
 def default_workers() -> int:
@@ -73,8 +75,15 @@ def auto_batch_size(files: int, workers: int) -> int:
     return max(1, min(100, math.ceil(files / max(1, workers * 4))))
 
 
-def plan_run(paths: Sequence[str], options: SendOptions) -> tuple[Plan, list[Instance], list[ScanFailure]]:
-    """Scan `paths` and plan batches and presentation contexts; no network."""
+def plan_run(
+    paths: Sequence[str],
+    options: SendOptions,
+    select: Callable[[list[Instance], list[ScanFailure]], list[Instance]] | None = None,
+) -> tuple[Plan, list[Instance], list[ScanFailure]]:
+    """Scan `paths` and plan batches and presentation contexts; no network.
+
+    `select`, when given, sees every scanned instance and returns those to plan (the journal's resume).
+    """
     instances, failures = scan(
         list(paths),
         scan_directories=options.scan_directories,
@@ -82,6 +91,8 @@ def plan_run(paths: Sequence[str], options: SendOptions) -> tuple[Plan, list[Ins
         pattern=options.pattern,
         read_mode=options.read_mode,
     )
+    if select is not None:
+        instances = select(instances, failures)
     workers = options.workers or default_workers()
     plan_options = options.plan
     size = options.batch_size or auto_batch_size(len(instances) * max(1, options.repeat), workers)
@@ -124,19 +135,63 @@ def send(
     -------
     Report
         One `Outcome` per input file (per repetition with ``repeat``); ``report.exit_code()`` is the
-        documented exit status.
+        documented exit status. With ``journal="FILE"`` it is a `JournalReport`: files already done in
+        the journal (and unchanged since) are not sent, only counted (``already_done``); every outcome is
+        journaled as it arrives, so a run killed at any point resumes where it stopped.
     """
     from dataclasses import replace
 
     options = replace(options or SendOptions(), **overrides)  # type: ignore[arg-type]
     started = time.perf_counter()
-    plan, _instances, failures = plan_run(paths, options)
+    journal: Journal | None = None
+    if options.journal:
+        journal = Journal(options.journal)
+        journal.begin_run(f"{options.called_ae}@{host}:{port}")
+    try:
+        return _send(paths, host, port, options, journal, started, on_outcomes, on_plan)
+    finally:
+        if journal is not None:
+            journal.close()
+
+
+def _send(
+    paths: Sequence[str],
+    host: str,
+    port: int,
+    options: SendOptions,
+    journal: Journal | None,
+    started: float,
+    on_outcomes: Callable[[list[Outcome]], None] | None,
+    on_plan: Callable[[Plan, list[ScanFailure]], None] | None,
+) -> Report:
+    from dataclasses import replace
+
+    scanned = 0
+
+    def select(instances: list[Instance], failures: list[ScanFailure]) -> list[Instance]:
+        nonlocal scanned
+        scanned = len(instances)
+        assert journal is not None
+        return journal.register(instances, failures)
+
+    plan, _instances, failures = plan_run(paths, options, select if journal else None)
     if on_plan:
         on_plan(plan, failures)
-    report = Report(
-        context_groups=len(plan.context_groups),
-        contexts_proposed=sum(len(g.contexts) for g in plan.context_groups),
-    )
+    report: Report
+    if journal is not None:
+        report = JournalReport(journal_path=journal.path, already_done=scanned - len(_instances))
+        user_callback = on_outcomes
+
+        def journaled(chunk: list[Outcome]) -> None:
+            journal.record(chunk)  # acknowledge, then journal, then tell the caller
+            if user_callback:
+                user_callback(chunk)
+
+        on_outcomes = journaled
+    else:
+        report = Report()
+    report.context_groups = len(plan.context_groups)
+    report.contexts_proposed = sum(len(g.contexts) for g in plan.context_groups)
     early = [_failure_outcome(f) for f in failures]
     early += [
         Outcome(
@@ -200,6 +255,8 @@ def send(
     coordinator.run()
     report.input_count = len(report.outcomes)
     report.elapsed_s = time.perf_counter() - started
+    if journal is not None:
+        journal.finish_run(report)  # every outcome is journaled (and committed) before any +rn rename
     if options.rename:
         rename_processed(report)
     return report

@@ -5,6 +5,17 @@ context group it holds, so the coordinator can keep affinity and workers re-asso
 group or after a failure. Workers stream outcomes back in small chunks, so progress and the report never
 wait for a whole batch. A worker that dies is replaced and the files of its batch that have no outcome
 yet go back to the queue.
+
+Adaptive concurrency: a worker that cannot open an association for a transient reason (A-ASSOCIATE-RJ
+transient, connection refused or reset) gives the rest of its batch back instead of failing files; the
+coordinator parks it for a backoff and, when other workers are connected, lowers the number of workers it
+keeps busy (the peer's association limit). 0xA7xx answers lower it too. It grows back by one every
+`GROW_SECONDS` without trouble. Only when no worker is connected and a worker has failed to associate more
+than ``retries`` times in a row do the files fail (transient).
+
+Ctrl-C and SIGTERM stop the dispatch: workers finish the C-STORE in flight, report the rest of their batch
+as not sent and release their associations. Workers exit when the coordinator is gone (EOF on the pipe or
+a new parent process).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +47,18 @@ log = logging.getLogger("batchstore.dispatch")
 #: Outcomes are sent to the coordinator when this many are buffered, or after `FLUSH_SECONDS`.
 FLUSH_COUNT = 64
 FLUSH_SECONDS = 0.2
+#: Without association trouble for this long, the coordinator allows one more busy worker.
+GROW_SECONDS = 5.0
+#: A 0xA7xx answer lowers the number of busy workers at most once per this many seconds.
+SHRINK_INTERVAL = 1.0
+
+
+class CoordinatorGone(Exception):
+    """The coordinator process died: a worker stops instead of sending on."""
+
+
+class _GiveBack(Exception):
+    """No association for a transient reason: the worker gives the rest of its batch back."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,7 @@ class Worker:
         self._buffer: list[Outcome] = []
         self._last_flush = time.monotonic()
         self._batch_index = -1
+        self.parent = os.getppid()
 
     # -- messages --------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -86,6 +111,8 @@ class Worker:
             self.flush()
 
     def check_halt(self) -> None:
+        if os.getppid() != self.parent:
+            raise CoordinatorGone
         if not self.halted and self.conn.poll():
             message = self.conn.recv()
             if message[0] in ("halt", "stop"):
@@ -141,7 +168,12 @@ class Worker:
             if self.halted:
                 self.emit(self._outcome(inst, st.NOT_SENT, error="not sent: run halted"))
                 continue
-            outcome = self.send_one(batch, inst, start_index + offset)
+            try:
+                outcome = self.send_one(batch, inst, start_index + offset)
+            except _GiveBack as exc:
+                self.flush()
+                self.conn.send(("giveback", self.id, batch.index, offset, str(exc)))
+                return
             self.emit(outcome)
             if self.config.halt_on_failure and outcome.category in (st.TRANSIENT, st.PERMANENT):
                 self.halted = True  # storescu's default: halt on the first unsuccessful store
@@ -174,10 +206,10 @@ class Worker:
                 scu = self.association(batch.context_group)
             except (OSError, AssociationRejected, ProtocolError, PermissionError) as exc:
                 category = st.classify_error(exc)
-                if category == st.TRANSIENT and attempts <= config.retries:
-                    log.info("worker %d: association failed (%s); retrying", self.id, exc)
-                    time.sleep(backoff(attempts, config.retry_wait))
-                    continue
+                if category == st.TRANSIENT:
+                    # the coordinator decides: another worker, later, or fail once the peer stays away
+                    log.info("worker %d: association failed (%s); giving the batch back", self.id, exc)
+                    raise _GiveBack(st.describe_error(exc)) from exc
                 return self._outcome(
                     inst,
                     category,
@@ -242,6 +274,8 @@ class Worker:
                     duration_ms=(time.perf_counter() - start) * 1000,
                 )
             category = st.classify_status(rsp.status)
+            if category == st.TRANSIENT:
+                self.conn.send(("busy", self.id, rsp.status))  # the peer is out of resources: fewer workers
             if category == st.TRANSIENT and attempts <= config.retries:
                 time.sleep(backoff(attempts, config.retry_wait))
                 continue
@@ -271,15 +305,31 @@ def worker_main(worker_id: int, conn: Connection, config: WorkerConfig) -> None:
         conn.send(("ready", worker_id, worker.group))
         while True:
             try:
+                if not conn.poll(1.0):
+                    if os.getppid() != worker.parent:
+                        break  # the coordinator is gone (and another process holds our pipe open)
+                    continue
                 message = conn.recv()
             except (EOFError, OSError):
                 break  # the coordinator is gone: do not send on
             if message[0] == "batch":
-                worker.run_batch(message[1], message[2])
-                conn.send(("ready", worker_id, worker.group))
+                try:
+                    worker.run_batch(message[1], message[2])
+                    conn.send(("ready", worker_id, worker.group if worker.scu is not None else -1))
+                except (CoordinatorGone, EOFError, OSError):
+                    break
+            elif message[0] == "connect":
+                # associate before taking a batch: a peer that makes us wait (full backlog) or turns us
+                # away holds no files hostage
+                try:
+                    worker.association(message[1])
+                except (OSError, AssociationRejected, ProtocolError) as exc:
+                    transient = st.classify_error(exc) == st.TRANSIENT
+                    conn.send(("connect-failed", worker_id, st.describe_error(exc), transient))
+                conn.send(("ready", worker_id, worker.group if worker.scu is not None else -1))
             elif message[0] == "halt":
                 worker.halted = True
-                conn.send(("ready", worker_id, worker.group))
+                conn.send(("ready", worker_id, worker.group if worker.scu is not None else -1))
             else:
                 break
     finally:
@@ -298,6 +348,12 @@ class _Slot:
     start_index: int = 0
     done_in_batch: int = 0
     finished: bool = False
+    idle: bool = False  # said "ready" and has no batch yet
+    connecting: bool = False  # told to associate; no batch yet
+    group: int = -1  # the context group its association holds (-1: none)
+    connected: bool = False  # holds an association (as far as the coordinator knows)
+    assoc_failures: int = 0  # association failures in a row
+    parked_until: float = 0.0  # no batch before this time (backoff after an association failure)
 
 
 class Coordinator:
@@ -333,6 +389,9 @@ class Coordinator:
         self.next_worker_id = 1
         self.halted = False
         self.respawns_left = 3 * self.workers + 3
+        self.target = self.workers  # how many workers may hold a batch at once (adaptive)
+        self.last_change = time.monotonic()
+        self.stop_requested = False
         self._ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
 
     def _spawn(self) -> None:
@@ -369,13 +428,14 @@ class Coordinator:
                 except OSError:
                     pass
 
-    def _record(self, wid: int, outcomes: list[Outcome]) -> None:
+    def _record(self, wid: int, outcomes: list[Outcome], count_retries: bool = True) -> None:
         fixed = []
         for o in outcomes:
             number = self.assoc_numbers.get((wid, o.association), 0) if o.association else 0
             fixed.append(replace(o, association=number))
         self.report.outcomes.extend(fixed)
-        self.report.retries += sum(max(0, o.attempts - 1) for o in fixed)
+        if count_retries:
+            self.report.retries += sum(max(0, o.attempts - 1) for o in fixed)
         if self.on_outcomes:
             self.on_outcomes(fixed)
         if self.config.halt_on_failure and any(o.category in (st.TRANSIENT, st.PERMANENT) for o in fixed):
@@ -388,20 +448,146 @@ class Coordinator:
             slot.done_in_batch += len(message[3])
             self._record(wid, message[3])
         elif kind == "assoc":
+            slot.connected = True
+            slot.assoc_failures = 0
             number = len(self.report.associations) + 1
             self.assoc_numbers[(wid, message[2])] = number
             self.report.associations.append(replace(message[3], number=number))
         elif kind == "ready":
             slot.batch = None
-            nxt = self._next_batch(message[2])
-            if nxt is None:
-                slot.conn.send(("stop",))
-            else:
+            slot.connecting = False
+            slot.idle = True
+            slot.group = message[2]
+            if slot.group < 0:
+                slot.connected = False
+        elif kind == "giveback":
+            self._give_back(wid, slot, message[3], message[4])
+        elif kind == "connect-failed":
+            slot.connecting = False
+            self._connect_failed(wid, slot, message[2], message[3])
+        elif kind == "busy":
+            self._shrink(f"the peer answered 0x{message[2]:04X}", interval=SHRINK_INTERVAL)
+        elif kind == "bye":
+            slot.finished = True
+
+    def _shrink(self, why: str, limit: int | None = None, interval: float = 0.0) -> None:
+        now = time.monotonic()
+        if interval and now - self.last_change < interval:
+            return
+        busy = sum(1 for s in self.slots.values() if s.batch is not None and not s.finished)
+        new = max(1, min(self.target, busy) - 1 if limit is None else min(self.target - 1, limit))
+        self.last_change = now
+        if new < self.target:
+            log.info("%s: %d worker(s) busy at most (was %d)", why, new, self.target)
+            self.target = new
+
+    def _fail_batch(self, wid: int, batch: Batch, category: str, error: str, attempts: int) -> None:
+        log.warning("worker %d: cannot associate (%s); %d file(s) failed", wid, error, len(batch.instances))
+        failed = [
+            Outcome(
+                path=inst.path,
+                sop_class_uid=inst.sop_class_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                original_ts=inst.transfer_syntax,
+                category=category,
+                error=error,
+                attempts=attempts,
+                worker=wid,
+                size=inst.size,
+            )
+            for inst in batch.instances
+        ]
+        self._record(wid, failed, count_retries=False)
+
+    def _connect_failed(self, wid: int, slot: _Slot, error: str, transient: bool) -> None:
+        """A worker told to associate could not: park it and adapt, or fail the batch it would have had."""
+        slot.connected = False
+        slot.assoc_failures += 1
+        others = sum(1 for w, s in self.slots.items() if w != wid and s.connected and not s.finished)
+        if transient and others:
+            self._shrink(f"association refused while {others} other(s) connected ({error})", limit=others)
+        elif not transient or slot.assoc_failures > self.config.retries:
+            nxt = self._next_batch(slot.group)
+            if nxt is not None:
+                category = st.TRANSIENT if transient else st.PERMANENT
+                self._fail_batch(wid, nxt[0], category, f"association failed: {error}", slot.assoc_failures)
+            if not transient:
+                return
+        self.report.retries += 1
+        slot.parked_until = time.monotonic() + backoff(min(slot.assoc_failures, 8), self.config.retry_wait)
+
+    def _give_back(self, wid: int, slot: _Slot, offset: int, error: str) -> None:
+        """A worker could not associate (transient): requeue the rest of its batch, park it, adapt."""
+        batch, start = slot.batch, slot.start_index
+        slot.batch = None
+        slot.connected = False
+        slot.assoc_failures += 1
+        if batch is None:
+            return
+        rest = batch.instances[offset:]
+        others = sum(1 for w, s in self.slots.items() if w != wid and s.connected and not s.finished)
+        if others:
+            self._shrink(f"association refused while {others} other(s) connected ({error})", limit=others)
+        elif slot.assoc_failures > self.config.retries:
+            remainder = replace(batch, instances=tuple(rest))
+            self._fail_batch(wid, remainder, st.TRANSIENT, f"association failed: {error}", slot.assoc_failures)
+            return
+        self.report.retries += 1
+        if rest:
+            requeued = replace(batch, instances=tuple(rest), nbytes=sum(i.size for i in rest))
+            self.queues.setdefault(batch.context_group, deque()).appendleft((requeued, start + offset))
+        slot.parked_until = time.monotonic() + backoff(min(slot.assoc_failures, 8), self.config.retry_wait)
+
+    def _dispatch(self) -> None:
+        """Give batches to idle workers, at most `target` busy at once; stop idle workers when all is done."""
+        now = time.monotonic()
+        if self.target < self.workers and now - self.last_change > GROW_SECONDS:
+            self.target += 1
+            self.last_change = now
+            log.info("no association trouble for %.0f s: %d worker(s) busy at most", GROW_SECONDS, self.target)
+        busy = sum(1 for s in self.slots.values() if s.batch is not None and not s.finished)
+        if self.halted or (not any(self.queues.values()) and busy == 0):
+            # nothing can come back to the queue any more: stop idle workers, and cut short the ones
+            # still waiting for an A-ASSOCIATE-AC (they hold no files)
+            for _wid, slot in self.slots.items():
+                if slot.finished:
+                    continue
+                if slot.idle:
+                    slot.idle = False
+                    try:
+                        slot.conn.send(("stop",))
+                    except OSError:
+                        pass  # it died; its sentinel tells the loop
+                elif slot.connecting:
+                    slot.connecting = False
+                    slot.process.terminate()
+            return
+        idle = [(wid, s) for wid, s in self.slots.items() if s.idle and not s.finished]
+        connecting = sum(1 for s in self.slots.values() if s.connecting and not s.finished)
+        idle.sort(key=lambda item: (not item[1].connected, item[1].parked_until))
+        for _wid, slot in idle:
+            if busy + connecting >= self.target or not any(self.queues.values()):
+                break
+            if slot.parked_until > now:
+                continue
+            slot.idle = False
+            if slot.connected:
+                nxt = self._next_batch(slot.group)
+                assert nxt is not None
                 slot.batch, slot.start_index = nxt
                 slot.done_in_batch = 0
                 slot.conn.send(("batch", slot.batch, slot.start_index))
-        elif kind == "bye":
-            slot.finished = True
+                busy += 1
+            else:
+                slot.connecting = True
+                slot.conn.send(("connect", self._peek_group(slot.group)))
+                connecting += 1
+
+    def _peek_group(self, group: int) -> int:
+        """The context group of the batch `_next_batch(group)` would return."""
+        if self.queues.get(group):
+            return group
+        return max((g for g, q in self.queues.items() if q), key=lambda g: len(self.queues[g]))
 
     def _worker_died(self, wid: int, slot: _Slot) -> None:
         slot.finished = True
@@ -424,17 +610,29 @@ class Coordinator:
             self.respawns_left -= 1
             self._spawn()
 
+    def request_stop(self, signum: int = signal.SIGINT, frame: object = None) -> None:
+        """Ctrl-C / SIGTERM: stop dispatching and let in-flight C-STOREs finish; a second one is forceful."""
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
     def run(self) -> None:
         """Dispatch every batch; return when all workers have finished."""
-        for _ in range(self.workers):
-            self._spawn()
+        previous: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                previous[number] = signal.signal(number, self.request_stop)
         try:
+            for _ in range(self.workers):
+                self._spawn()
             self._loop()
         except KeyboardInterrupt:
             self.report.interrupted = True
             self.halt()
             self._loop()
         finally:
+            for signum_, handler in previous.items():
+                signal.signal(signum_, handler)  # type: ignore[arg-type]
             for slot in self.slots.values():
                 slot.process.join(timeout=5)
                 if slot.process.is_alive():
@@ -443,9 +641,14 @@ class Coordinator:
 
     def _loop(self) -> None:
         while any(not s.finished for s in self.slots.values()):
+            if self.stop_requested and not self.report.interrupted:
+                log.warning("interrupted: finishing the C-STOREs in flight, then stopping")
+                self.report.interrupted = True
+                self.halt()
+            self._dispatch()
             live = {s.conn: wid for wid, s in self.slots.items() if not s.finished}
             sentinels = {self.slots[wid].process.sentinel: wid for wid in live.values()}
-            ready = wait(list(live) + list(sentinels), timeout=1.0)
+            ready = wait(list(live) + list(sentinels), timeout=0.2)
             for item in ready:
                 if item in live:
                     wid = live[item]

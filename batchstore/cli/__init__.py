@@ -24,6 +24,7 @@ COMMANDS = {
     "receive": "batchstore.cli.receive",
     "scan": "batchstore.cli.scan",
     "echo": "batchstore.cli.echo",
+    "journal": "batchstore.cli.journal",
 }
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 import click
 
 from ..acse import UserIdentity
 from ..api import SendOptions, default_workers, send
+from ..journal import JournalError
 from ..plan import PlanOptions
-from ..report import EXIT_ERROR
+from ..report import EXIT_ERROR, EXIT_INTERRUPTED
 from ..transcode import EditOptions
 from ..uids import PROPOSAL_FLAGS
 from .common import logging_options, setup_logging, tls_options
@@ -170,6 +173,12 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
     help="Write a per-file report (.json or .csv).",
 )
 @click.option(
+    "--journal",
+    "journal_path",
+    type=click.Path(dir_okay=False),
+    help="SQLite journal of every file's outcome; rerun with the same journal to send only what is not done.",
+)
+@click.option(
     "--retries",
     type=click.IntRange(min=0),
     default=3,
@@ -260,11 +269,16 @@ def command(ctx: click.Context, **kw: Any) -> None:
         retries=int(kw["retries"]),
         retry_wait=float(kw["retry_wait"]),
         rename=bool(kw["rename"]),
+        journal=kw["journal_path"],
     )
     show_progress = kw["progress"]
     if show_progress is None:
         show_progress = None if not kw["quiet"] else False
     progress = Progress(enabled=show_progress, verbose_pc=bool(kw["verbose_pc"]))
+    # SIGTERM means what Ctrl-C means: during the dispatch the coordinator turns both into a graceful stop
+    # (in-flight C-STOREs finish, associations are released, the journal is flushed, exit 130).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         report = send(
             files,
@@ -275,7 +289,10 @@ def command(ctx: click.Context, **kw: Any) -> None:
             on_plan=progress.start,
         )
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except JournalError as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
     finally:
         progress.close()
     if kw["report_path"]:
@@ -290,6 +307,10 @@ def command(ctx: click.Context, **kw: Any) -> None:
                 log.error("%s: %s", outcome.path, outcome.error)
         click.echo("\n".join(report.summary_lines()), err=True)
     sys.exit(report.exit_code())
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _user_identity(kw: dict) -> UserIdentity | None:

@@ -1,0 +1,46 @@
+"""``batchstore journal FILE``: what a send journal says (done, failed, pending, last run), and its report."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..journal import Journal, JournalError
+from ..report import EXIT_ERROR, Report
+
+
+@click.command("journal", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("journal_path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="Export the per-file report (latest outcome of every file) as .json or .csv.",
+)
+def command(journal_path: str, report_path: str | None) -> None:
+    """Summarise the send journal FILE: done/failed/pending counts and the last run.
+
+    Exit status: 0 when every file is done, 5 when some are pending or failed transiently (resume may
+    help), 6 when permanent failures remain, 1 when FILE is not a journal.
+    """
+    try:
+        with Journal(journal_path, create=False) as journal:
+            summary = journal.summary()
+            outcomes = journal.outcomes() if report_path else []
+    except JournalError as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    click.echo("\n".join(summary.lines()))
+    if report_path:
+        report = Report(outcomes=outcomes, input_count=len(outcomes))
+        try:
+            report.write(report_path)
+        except OSError as exc:
+            click.echo(f"batchstore: cannot write report {report_path}: {exc.strerror}", err=True)
+            sys.exit(EXIT_ERROR)
+    if summary.failed_permanent:
+        sys.exit(6)
+    if summary.pending or summary.failed_transient:
+        sys.exit(5)
+    sys.exit(0)

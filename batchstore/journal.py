@@ -1,0 +1,346 @@
+"""The resumable journal: an SQLite file recording every input file and its latest outcome (DESIGN.md, decision 6).
+
+A file is *done* only after a C-STORE-RSP with a success or warning status was journaled for it. A run
+with ``--journal FILE`` registers its inputs, skips those that are done and unchanged (same size and
+mtime), and journals outcomes in one transaction per chunk the coordinator receives. The database runs
+in WAL mode with ``synchronous=NORMAL``: a commit survives the death of the process (SIGKILL), not
+necessarily a power cut, and costs no fsync on the hot path.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from . import status as st
+from .report import EXIT_OK, Outcome, Report
+from .scan import Instance, ScanFailure
+
+#: Category of a registered file that no run has tried yet.
+PENDING = "pending"
+DONE = (st.SUCCESS, st.WARNING)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    size INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER NOT NULL DEFAULT 0,
+    sop_class_uid TEXT NOT NULL DEFAULT '',
+    sop_instance_uid TEXT NOT NULL DEFAULT '',
+    transfer_syntax TEXT NOT NULL DEFAULT '',
+    category TEXT NOT NULL DEFAULT 'pending',
+    status INTEGER,
+    error TEXT NOT NULL DEFAULT '',
+    sent_ts TEXT NOT NULL DEFAULT '',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    run INTEGER,
+    updated REAL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    finished REAL,
+    peer TEXT NOT NULL DEFAULT '',
+    files INTEGER NOT NULL DEFAULT 0,
+    already_done INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER,
+    failed INTEGER,
+    not_sent INTEGER,
+    interrupted INTEGER,
+    exit_code INTEGER
+);
+"""
+
+
+class JournalError(Exception):
+    """The journal file cannot be opened or is not a batchstore journal."""
+
+
+@dataclass(frozen=True)
+class JournalSummary:
+    """What `batchstore journal FILE` prints: counts per state and the last run."""
+
+    files: int
+    done: int
+    failed_transient: int
+    failed_permanent: int
+    pending: int
+    runs: int
+    last_run: dict | None
+
+    @property
+    def failed(self) -> int:
+        return self.failed_transient + self.failed_permanent
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"Files:                 {self.files}",
+            f"Done:                  {self.done}",
+            f"Failed, transient:     {self.failed_transient}",
+            f"Failed, permanent:     {self.failed_permanent}",
+            f"Pending:               {self.pending}",
+            f"Runs:                  {self.runs}",
+        ]
+        run = self.last_run
+        if run:
+            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
+            if run["finished"] is None:
+                state = "did not finish (killed?)"
+            elif run["interrupted"]:
+                state = f"interrupted, exit code {run['exit_code']}"
+            else:
+                state = f"exit code {run['exit_code']}"
+            lines.append(
+                f"Last run:              #{run['id']} to {run['peer']} at {started}: {run['files']} to send, "
+                f"{run['already_done']} already done; {state}"
+            )
+        if self.pending or self.failed_transient:
+            lines.append("Not complete: run the same send command with this journal to resume.")
+        elif self.failed_permanent:
+            lines.append(f"{self.failed_permanent} permanent failure(s): retrying will not help them.")
+        elif self.files:
+            lines.append("Complete: every file is done.")
+        return lines
+
+
+def journal_key(path: str) -> str:
+    """The journal's key for an input path: absolute, so a resume from another directory matches."""
+    return os.path.abspath(path)
+
+
+class Journal:
+    """One journal file; use as a context manager or call `close`.
+
+    Parameters
+    ----------
+    path : str
+        The SQLite file; created if missing.
+    create : bool
+        False to refuse a missing file (``batchstore journal`` reads only).
+    """
+
+    def __init__(self, path: str, create: bool = True) -> None:
+        if not create and not os.path.isfile(path):
+            raise JournalError(f"no such journal: {path}")
+        self.path = path
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{path}: not a batchstore journal ({exc})") from exc
+        self.run_id: int | None = None
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- a run -----------------------------------------------------------------------------------
+    def begin_run(self, peer: str) -> int:
+        """Record the start of a run; outcomes recorded from now on name it."""
+        cur = self.db.execute("INSERT INTO runs (started, peer) VALUES (?, ?)", (time.time(), peer))
+        self.run_id = int(cur.lastrowid or 0)
+        return self.run_id
+
+    def register(self, instances: list[Instance], failures: Iterable[ScanFailure] = ()) -> list[Instance]:
+        """Record every input; return those still to send (not done, or changed since they were done).
+
+        A file whose size or mtime differs from the journaled one is reset to pending: it is sent again.
+        """
+        known = {
+            row[0]: (row[1], row[2], row[3])
+            for row in self.db.execute("SELECT path, size, mtime_ns, category FROM files")
+        }
+        todo: list[Instance] = []
+        new_rows = []
+        changed_rows = []
+        now = time.time()
+        for inst in instances:
+            key = journal_key(inst.path)
+            previous = known.get(key)
+            row = (
+                key,
+                inst.size,
+                inst.mtime_ns,
+                inst.sop_class_uid,
+                inst.sop_instance_uid,
+                inst.transfer_syntax,
+                self.run_id,
+                now,
+            )
+            if previous is None:
+                new_rows.append(row)
+                todo.append(inst)
+            elif previous[0] != inst.size or previous[1] != inst.mtime_ns:
+                changed_rows.append(row)
+                todo.append(inst)
+            elif previous[2] not in DONE:
+                todo.append(inst)
+        failure_rows = []
+        for failure in failures:
+            try:
+                info = os.stat(failure.path)
+                size, mtime = info.st_size, info.st_mtime_ns
+            except OSError:
+                size, mtime = 0, 0
+            failure_rows.append((journal_key(failure.path), size, mtime, failure.reason, self.run_id, now))
+        with self.db:
+            self.db.execute("BEGIN")
+            insert = (
+                "INSERT OR REPLACE INTO files (path, size, mtime_ns, sop_class_uid, sop_instance_uid, "
+                "transfer_syntax, run, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            )
+            self.db.executemany(insert, new_rows)
+            self.db.executemany(insert, changed_rows)
+            self.db.executemany(
+                "INSERT OR REPLACE INTO files (path, size, mtime_ns, category, error, tries, run, updated) "
+                "VALUES (?, ?, ?, 'permanent', ?, 1, ?, ?)",
+                failure_rows,
+            )
+            if self.run_id is not None:
+                self.db.execute(
+                    "UPDATE runs SET files = ?, already_done = ? WHERE id = ?",
+                    (len(todo), len(instances) - len(todo), self.run_id),
+                )
+        return todo
+
+    def record(self, outcomes: list[Outcome]) -> None:
+        """Journal a chunk of outcomes in one transaction. A done file is never downgraded."""
+        if not outcomes:
+            return
+        now = time.time()
+        rows = [
+            (
+                o.category,
+                o.status,
+                o.error,
+                o.sent_ts,
+                o.attempts,
+                0 if o.category == st.NOT_SENT else 1,
+                self.run_id,
+                now,
+                journal_key(o.path),
+                int(o.category in DONE),
+            )
+            for o in outcomes
+        ]
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "UPDATE files SET category = ?, status = ?, error = ?, sent_ts = ?, attempts = ?, "
+                "tries = tries + ?, run = ?, updated = ? "
+                "WHERE path = ? AND (? OR category NOT IN ('success', 'warning'))",
+                rows,
+            )
+
+    def finish_run(self, report: Report) -> None:
+        """Close the run's record with its counts and exit code."""
+        if self.run_id is None:
+            return
+        c = report.counts()
+        with self.db:
+            self.db.execute(
+                "UPDATE runs SET finished = ?, delivered = ?, failed = ?, not_sent = ?, interrupted = ?, "
+                "exit_code = ? WHERE id = ?",
+                (
+                    time.time(),
+                    c[st.SUCCESS] + c[st.WARNING],
+                    c[st.TRANSIENT] + c[st.PERMANENT],
+                    c[st.NOT_SENT],
+                    int(report.interrupted),
+                    report.exit_code(),
+                    self.run_id,
+                ),
+            )
+
+    # -- reading ---------------------------------------------------------------------------------
+    def summary(self) -> JournalSummary:
+        counts: Counter = Counter(
+            dict(self.db.execute("SELECT category, COUNT(*) FROM files GROUP BY category").fetchall())
+        )
+        runs = self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        cur = self.db.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
+        row = cur.fetchone()
+        last = dict(zip([d[0] for d in cur.description], row, strict=True)) if row else None
+        return JournalSummary(
+            files=sum(counts.values()),
+            done=counts[st.SUCCESS] + counts[st.WARNING],
+            failed_transient=counts[st.TRANSIENT],
+            failed_permanent=counts[st.PERMANENT],
+            pending=counts[PENDING] + counts[st.NOT_SENT],
+            runs=runs,
+            last_run=last,
+        )
+
+    def outcomes(self) -> list[Outcome]:
+        """One `Outcome` per journaled file (its latest), for ``--report``; never-tried files are not-sent."""
+        result = []
+        for row in self.db.execute(
+            "SELECT path, sop_class_uid, sop_instance_uid, transfer_syntax, sent_ts, category, status, error, "
+            "attempts, size FROM files ORDER BY path"
+        ):
+            category = st.NOT_SENT if row[5] == PENDING else row[5]
+            result.append(
+                Outcome(
+                    path=row[0],
+                    sop_class_uid=row[1],
+                    sop_instance_uid=row[2],
+                    original_ts=row[3],
+                    sent_ts=row[4],
+                    category=category,
+                    status=row[6],
+                    error=row[7] or ("not sent yet" if row[5] == PENDING else ""),
+                    attempts=row[8],
+                    size=row[9],
+                )
+            )
+        return result
+
+    def categories(self) -> dict[str, str]:
+        """Path -> category of every journaled file (tests and tools)."""
+        return dict(self.db.execute("SELECT path, category FROM files").fetchall())
+
+
+@dataclass
+class JournalReport(Report):
+    """A `Report` of a run with a journal: files already done before the run are counted, not resent."""
+
+    journal_path: str = ""
+    already_done: int = 0
+
+    def exit_code(self) -> int:
+        if not self.interrupted and not self.outcomes and self.already_done:
+            return EXIT_OK  # nothing left to do is success
+        return super().exit_code()
+
+    def summary_lines(self) -> list[str]:
+        lines = super().summary_lines()
+        if self.already_done:
+            lines.insert(2, f"{'Already done:':<23}{self.already_done} (journal {self.journal_path})")
+        if not self.outcomes and self.already_done and not self.interrupted:
+            lines.append(
+                f"Nothing to send: all {self.already_done} file(s) are already done in journal "
+                f"{self.journal_path}."
+            )
+        elif self.interrupted and self.journal_path:
+            lines.append(f"Resume with the same command: the journal {self.journal_path} is up to date.")
+        return lines
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        data["summary"]["already_done"] = self.already_done
+        data["summary"]["journal"] = self.journal_path
+        data["summary"]["exit_code"] = self.exit_code()
+        return data
