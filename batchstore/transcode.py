@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-
-import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
-from pydicom.uid import generate_uid
+from typing import TYPE_CHECKING
 
 from .uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom and numpy are imported inside the functions: this module is imported by every send run, and
+# most runs never take the slow path.
 
 _SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _NEW_VRS = {"UN", "UT", "UC", "UR", "OD", "OL", "OV", "SV", "UV"}
@@ -44,6 +44,8 @@ class EditOptions:
 
 def _swap_raw(ds: Dataset) -> None:
     """Byte-swap raw multi-byte values (OW/OF/OL/OD/OV) in place, recursively: pydicom leaves them raw."""
+    import numpy as np
+
     for elem in ds.iterall():
         width = _SWAP_WIDTH.get(elem.VR)
         if width and isinstance(elem.value, (bytes, bytearray)) and len(elem.value) % width == 0:
@@ -76,6 +78,8 @@ def invent_uids(ds: Dataset, index: int, edits: EditOptions) -> None:
     ``invent_patient_after`` studies. UIDs derive from (run_id, number), so every worker invents the
     same series/study/patient UIDs for the same numbers.
     """
+    from pydicom.uid import generate_uid
+
     run = edits.run_id
     ds.SOPInstanceUID = generate_uid(entropy_srcs=[run, "instance", str(index)])
     if edits.invent_series_after:
@@ -109,6 +113,10 @@ def encode_dataset(
     read_dataset_only : bool
         The file is a bare data set without file meta information (storescu ``-f``).
     """
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
     edits = edits or EditOptions()
     ds = pydicom.dcmread(path, force=True)
     if read_dataset_only or not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:

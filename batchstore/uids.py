@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import re
 import sys
+from functools import cache
 from types import MappingProxyType
-from typing import Final
-
-from pydicom.uid import UID
-from pynetdicom.sop_class import _STORAGE_CLASSES  # the only complete name -> UID table pynetdicom has
+from typing import Any, Final
 
 __all__ = [
     "ALL_TRANSFER_SYNTAXES",
@@ -27,7 +25,7 @@ __all__ = [
     "PROPOSAL_FLAGS",
     "PROPOSAL_MODES",
     "PROPOSAL_OPTIONS",
-    "STORAGE_SOP_CLASSES",
+    "storage_sop_classes",
     "UNCOMPRESSED",
     "VERIFICATION_SOP_CLASS",
     "is_encapsulated",
@@ -201,6 +199,8 @@ def ts_name(uid: str) -> str:
     """
     if uid in _EXTRA_TS_NAMES:
         return _EXTRA_TS_NAMES[uid]
+    from pydicom.uid import UID  # lazy: pydicom's import costs ~0.2 s of every send run
+
     name = UID(uid).name
     return name if name and name != uid else uid
 
@@ -210,8 +210,21 @@ def ts_name(uid: str) -> str:
 VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
 
 
-#: Every storage SOP class pynetdicom knows: UID -> pynetdicom/pydicom keyword (e.g. ``CTImageStorage``).
-STORAGE_SOP_CLASSES: Final = MappingProxyType({str(uid): name for name, uid in _STORAGE_CLASSES.items()})
+@cache
+def storage_sop_classes() -> MappingProxyType[str, str]:
+    """Every storage SOP class pynetdicom knows: UID -> pynetdicom/pydicom keyword (``CTImageStorage``).
+
+    Built on first use: importing pynetdicom costs ~0.35 s, which the send path does not pay.
+    """
+    from pynetdicom.sop_class import _STORAGE_CLASSES  # the only complete name -> UID table pynetdicom has
+
+    return MappingProxyType({str(uid): name for name, uid in _STORAGE_CLASSES.items()})
+
+
+def __getattr__(name: str) -> Any:
+    if name == "STORAGE_SOP_CLASSES":  # the table as a module constant, built lazily
+        return storage_sop_classes()
+    raise AttributeError(name)
 
 
 def sop_class_name(uid: str) -> str:
@@ -227,10 +240,13 @@ def sop_class_name(uid: str) -> str:
     str
         The pynetdicom keyword, else pydicom's keyword, else `uid`.
     """
-    if uid in STORAGE_SOP_CLASSES:
-        return STORAGE_SOP_CLASSES[uid]
+    classes = storage_sop_classes()
+    if uid in classes:
+        return classes[uid]
     if uid == VERIFICATION_SOP_CLASS:
         return "Verification"
+    from pydicom.uid import UID
+
     keyword = UID(uid).keyword
     return keyword or uid
 
@@ -544,7 +560,9 @@ def modality_prefix(sop_class_uid: str, default: str = "UNKNOWN") -> str:
     prefix = DCMTK_MODALITY_PREFIXES.get(sop_class_uid)
     if prefix is not None:
         return prefix
-    keyword = STORAGE_SOP_CLASSES.get(sop_class_uid) or UID(sop_class_uid).keyword
+    from pydicom.uid import UID
+
+    keyword = storage_sop_classes().get(sop_class_uid) or UID(sop_class_uid).keyword
     if keyword and "Storage" in keyword:
         for pattern, derived in _PREFIX_RULES:
             if re.search(pattern, keyword):

@@ -1,0 +1,77 @@
+"""batchstore's own A-ASSOCIATE-RQ encoder and A-ASSOCIATE-AC decoder agree with pynetdicom's PDU classes."""
+
+from __future__ import annotations
+
+from pynetdicom import pdu as pn_pdu
+from pynetdicom import pdu_primitives as pn_prim
+from pynetdicom.presentation import PresentationContext
+
+from batchstore import acse
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+LEE, LEI, BEE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
+
+
+def test_request_decodes_with_pynetdicom_identically() -> None:
+    request = acse.AssociationRequest(
+        calling_ae="STORESCU",
+        called_ae="ANY-SCP",
+        contexts=((1, CT, (LEE, BEE, LEI)), (3, MR, (LEI,))),
+        max_pdu=65536,
+        user_identity=acse.UserIdentity(2, b"alice", b"secret", True),
+    )
+    body = acse.encode_request(request)
+    pdu = pn_pdu.A_ASSOCIATE_RQ()
+    pdu.decode(bytes((1, 0)) + len(body).to_bytes(4, "big") + body)
+    prim = pdu.to_primitive()
+    assert prim.calling_ae_title == "STORESCU" and prim.called_ae_title == "ANY-SCP"
+    assert prim.application_context_name == acse.APPLICATION_CONTEXT
+    got = [(pc.context_id, pc.abstract_syntax, tuple(pc.transfer_syntax))
+           for pc in prim.presentation_context_definition_list]
+    assert got == [(1, CT, (LEE, BEE, LEI)), (3, MR, (LEI,))]
+    info = {type(item).__name__: item for item in prim.user_information}
+    assert info["MaximumLengthNotification"].maximum_length_received == 65536
+    assert info["ImplementationClassUIDNotification"].implementation_class_uid == acse.IMPLEMENTATION_CLASS_UID
+    assert info["ImplementationVersionNameNotification"].implementation_version_name == acse.IMPLEMENTATION_VERSION_NAME
+    identity = info["UserIdentityNegotiation"]
+    assert (identity.user_identity_type, identity.primary_field, identity.secondary_field) == (2, b"alice", b"secret")
+    assert identity.positive_response_requested is True
+    # and our own acceptor-side decoder reads it back
+    decoded, _ = acse.decode_request(body)
+    assert decoded.contexts == request.contexts and decoded.user_identity == request.user_identity
+
+
+def test_accept_encoded_by_pynetdicom_decodes_identically() -> None:
+    prim = pn_prim.A_ASSOCIATE()
+    prim.application_context_name = acse.APPLICATION_CONTEXT
+    prim.calling_ae_title = "STORESCU"
+    prim.called_ae_title = "ANY-SCP"
+    for cid, result, ts in ((1, 0, LEE), (3, 4, LEI), (5, 3, LEI)):
+        pc = PresentationContext()
+        pc.context_id, pc.result, pc.transfer_syntax = cid, result, [ts]
+        prim.presentation_context_definition_results_list.append(pc)
+    max_len = pn_prim.MaximumLengthNotification()
+    max_len.maximum_length_received = 0
+    impl = pn_prim.ImplementationClassUIDNotification()
+    impl.implementation_class_uid = "1.2.3.4"
+    ident = pn_prim.UserIdentityNegotiation()
+    ident.server_response = b"token"
+    prim.user_information = [max_len, impl, ident]
+    pdu = pn_pdu.A_ASSOCIATE_AC()
+    pdu.from_primitive(prim)
+    accept = acse.decode_accept(bytes(pdu.encode()[6:]))
+    assert accept.max_pdu == 0
+    assert accept.results == {1: (0, LEE), 3: (4, LEI), 5: (3, LEI)}
+    assert accept.accepted() == {1: LEE}
+    assert accept.implementation_class_uid == "1.2.3.4"
+    assert accept.user_identity_response == b"token"
+
+
+def test_our_accept_round_trips() -> None:
+    request, _ = acse.decode_request(acse.encode_request(
+        acse.AssociationRequest("A", "B", ((1, CT, (LEE,)),), max_pdu=16384)))
+    body = acse.encode_accept(request, {1: (acse.PC_ACCEPTANCE, LEE)}, 32768)
+    accept = acse.decode_accept(body)
+    assert accept.results == {1: (0, LEE)} and accept.max_pdu == 32768
+    assert accept.implementation_version_name == acse.IMPLEMENTATION_VERSION_NAME
