@@ -1,0 +1,721 @@
+"""The Storage SCP's association: one synchronous loop, in whatever process runs it.
+
+It reads the A-ASSOCIATE-RQ, answers it (`Negotiator` decides each presentation context), then for each
+C-STORE-RQ streams the data set's P-DATA fragments straight into a temporary file (`storage.Store`) and
+answers C-STORE-RSP once the file is in place; C-ECHO-RQ is answered at once. No pynetdicom `Association`,
+no threads: one ``recv_into`` per burst of PDUs, one ``sendall`` per response.
+
+A-ABORT from the peer, a lost connection, a timeout, a protocol error or a P-DATA on a context that was
+not accepted all end the association without leaving a partial file (the last case with an A-ABORT).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from . import acse, dimse
+from .events import EventRunner, Peer
+from .net import (
+    A_ABORT,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RP,
+    A_RELEASE_RQ,
+    MAX_RECEIVE_PDU,
+    P_DATA_TF,
+    PDU_NAMES,
+    PeerAborted,
+    ProtocolError,
+    pdata_parts,
+    quickack,
+    tune_socket,
+)
+from .storage import Discard, Incoming, Store
+from .uids import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+
+if TYPE_CHECKING:
+    from .server import ReceiveOptions
+
+log = logging.getLogger("batchstore.scp")
+
+# Transfer syntaxes, in the order storescp prefers them.
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+JPEG_LS_LOSSY = "1.2.840.10008.1.2.4.81"
+JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG_2000 = "1.2.840.10008.1.2.4.91"
+MPEG2_MPML = "1.2.840.10008.1.2.4.100"
+MPEG2_MPHL = "1.2.840.10008.1.2.4.101"
+MPEG4_HP41 = "1.2.840.10008.1.2.4.102"
+MPEG4_HP41_BD = "1.2.840.10008.1.2.4.103"
+MPEG4_HP42_2D = "1.2.840.10008.1.2.4.104"
+MPEG4_HP42_3D = "1.2.840.10008.1.2.4.105"
+MPEG4_HP42_STEREO = "1.2.840.10008.1.2.4.106"
+HEVC_MAIN = "1.2.840.10008.1.2.4.107"
+HEVC_MAIN10 = "1.2.840.10008.1.2.4.108"
+JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
+JPEG_XL_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
+JPEG_XL = "1.2.840.10008.1.2.4.112"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K_RPCL_LOSSLESS = "1.2.840.10008.1.2.4.202"
+HTJ2K = "1.2.840.10008.1.2.4.203"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+_UNCOMPRESSED = (EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE)
+
+
+def _preferring(ts: str) -> tuple[str, ...]:
+    return (ts, *_UNCOMPRESSED)
+
+
+#: storescp's ``+x…`` options: mode -> accepted transfer syntaxes, most preferred first.
+PREFERRED_TRANSFER_SYNTAXES: dict[str, tuple[str, ...]] = {
+    "uncompr": _UNCOMPRESSED,  # +x= (little endian host)
+    "little": _UNCOMPRESSED,  # +xe
+    "big": (EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE),  # +xb
+    "lossless": _preferring(JPEG_LOSSLESS_SV1),  # +xs
+    "jpeg8": _preferring(JPEG_BASELINE),  # +xy
+    "jpeg12": _preferring(JPEG_EXTENDED),  # +xx
+    "j2k-lossless": _preferring(JPEG_2000_LOSSLESS),  # +xv
+    "j2k-lossy": _preferring(JPEG_2000),  # +xw
+    "jls-lossless": _preferring(JPEG_LS_LOSSLESS),  # +xt
+    "jls-lossy": _preferring(JPEG_LS_LOSSY),  # +xu
+    "mpeg2": _preferring(MPEG2_MPML),  # +xm
+    "mpeg2-high": _preferring(MPEG2_MPHL),  # +xh
+    "mpeg4": _preferring(MPEG4_HP41),  # +xn
+    "mpeg4-bd": _preferring(MPEG4_HP41_BD),  # +xl
+    "mpeg4-2-2d": _preferring(MPEG4_HP42_2D),  # +x2
+    "mpeg4-2-3d": _preferring(MPEG4_HP42_3D),  # +x3
+    "mpeg4-2-st": _preferring(MPEG4_HP42_STEREO),  # +xo
+    "hevc": _preferring(HEVC_MAIN),  # +x4
+    "hevc10": _preferring(HEVC_MAIN10),  # +x5
+    "rle": _preferring(RLE_LOSSLESS),  # +xr
+    "deflated": _preferring(DEFLATED),  # +xd
+    "implicit": (IMPLICIT_VR_LE,),  # +xi
+    "accept-all": (  # +xa: the man page's list, compressed first as storescp does
+        JPEG_2000,
+        JPEG_2000_LOSSLESS,
+        JPEG_EXTENDED,
+        JPEG_BASELINE,
+        JPEG_LOSSLESS_SV1,
+        JPEG_LS_LOSSY,
+        JPEG_LS_LOSSLESS,
+        RLE_LOSSLESS,
+        MPEG2_MPML,
+        MPEG2_MPML + ".1",
+        MPEG2_MPHL,
+        MPEG2_MPHL + ".1",
+        MPEG4_HP41,
+        MPEG4_HP41 + ".1",
+        MPEG4_HP41_BD,
+        MPEG4_HP41_BD + ".1",
+        MPEG4_HP42_2D,
+        MPEG4_HP42_2D + ".1",
+        MPEG4_HP42_3D,
+        MPEG4_HP42_3D + ".1",
+        MPEG4_HP42_STEREO,
+        MPEG4_HP42_STEREO + ".1",
+        HEVC_MAIN,
+        HEVC_MAIN10,
+        JPEG_XL_LOSSLESS,
+        JPEG_XL_RECOMPRESSION,
+        JPEG_XL,
+        HTJ2K_LOSSLESS,
+        HTJ2K_RPCL_LOSSLESS,
+        HTJ2K,
+        DEFLATED,
+        ENCAPSULATED_UNCOMPRESSED,
+        *_UNCOMPRESSED,
+    ),
+}
+
+
+def storage_sop_classes() -> frozenset[str]:
+    """Every storage SOP class UID batchstore knows (`uids.STORAGE_SOP_CLASSES`)."""
+    return frozenset(STORAGE_SOP_CLASSES)
+
+
+class Negotiator:
+    """Decides each proposed presentation context, as storescp does.
+
+    Parameters
+    ----------
+    preferred : sequence of str
+        Accepted transfer syntaxes, most preferred first (`PREFERRED_TRANSFER_SYNTAXES`).
+    profile : dict, optional
+        ``-xf``: abstract syntax -> accepted transfer syntaxes in order of preference; replaces the
+        built-in SOP classes and `preferred` entirely.
+    promiscuous : bool
+        ``-pm``: accept any abstract syntax, not only known storage SOP classes and Verification.
+    """
+
+    def __init__(
+        self,
+        preferred: Iterable[str] = _UNCOMPRESSED,
+        profile: dict[str, tuple[str, ...]] | None = None,
+        promiscuous: bool = False,
+        sop_classes: frozenset[str] | None = None,
+    ) -> None:
+        self.preferred = tuple(preferred)
+        self.profile = profile
+        self.promiscuous = promiscuous
+        self.sop_classes = (sop_classes if sop_classes is not None else storage_sop_classes()) | {
+            VERIFICATION_SOP_CLASS
+        }
+
+    def decide(self, abstract: str, proposed: Iterable[str]) -> tuple[int, str]:
+        """Return (result, transfer syntax) for one presentation context (PS3.8 Table 9-18 results)."""
+        offered = set(proposed)
+        if self.profile is not None:
+            wanted: tuple[str, ...] | None = self.profile.get(abstract)
+            if wanted is None:
+                return acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, ""
+        elif abstract in self.sop_classes or self.promiscuous:
+            wanted = self.preferred
+        else:
+            return acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, ""
+        for ts in wanted:
+            if ts in offered:
+                return acse.PC_ACCEPTANCE, ts
+        return acse.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, ""
+
+    def results(self, request: acse.AssociationRequest) -> dict[int, tuple[int, str]]:
+        return {cid: self.decide(abstract, syntaxes) for cid, abstract, syntaxes in request.contexts}
+
+
+@dataclass(frozen=True)
+class AssociationResult:
+    """How an association ended and what it carried.
+
+    Attributes
+    ----------
+    outcome : str
+        ``released``, ``aborted-by-peer``, ``aborted`` (by us: protocol error, timeout, fault injection),
+        ``rejected``, ``refused-access``, ``closed`` (connection lost), ``error``.
+    instances : int
+        Data sets stored (or received, with ``--ignore``) and answered with success or a warning.
+    bytes_received : int
+        Data set bytes received.
+    """
+
+    outcome: str
+    calling_ae: str = ""
+    instances: int = 0
+    failures: int = 0
+    bytes_received: int = 0
+    seconds: float = 0.0
+
+
+class _Abort(Exception):
+    """End the association with an A-ABORT (source service-provider unless `by_user`)."""
+
+    def __init__(self, message: str, by_user: bool = False, reason: int = 0) -> None:
+        super().__init__(message)
+        self.by_user = by_user
+        self.reason = reason
+
+
+_HEADER = struct.Struct(">BxL")
+_UL = struct.Struct(">L")
+_PDV = struct.Struct(">BxLLBB")  # P-DATA-TF header + one PDV header
+_RECV_BUFFER = 1 << 18
+
+
+class PDUReader:
+    """Reads whole PDUs from a socket with as few system calls and copies as possible.
+
+    Small PDUs are cut out of one receive buffer; a PDU larger than what is buffered is received straight
+    into its own ``bytearray``. Bodies are never reused, so fragments may be kept by the caller.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray(_RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.bytes_received = 0
+
+    def pending(self) -> bool:
+        """True when bytes of a next PDU are already buffered."""
+        return self._end > self._start
+
+    def _recv(self, view: memoryview) -> int:
+        try:
+            n = self.sock.recv_into(view)
+        except BlockingIOError:  # SO_RCVTIMEO expired
+            raise TimeoutError("timeout while waiting for data from the peer") from None
+        if n == 0:
+            raise ConnectionResetError("connection closed by peer")
+        quickack(self.sock)
+        self.bytes_received += n
+        return n
+
+    def _fill(self, need: int) -> None:
+        start, end = self._start, self._end
+        if start:
+            self._buf[: end - start] = self._view[start:end]
+            self._start, self._end = 0, end - start
+        while self._end - self._start < need:
+            self._end += self._recv(self._view[self._end :])
+
+    def read_pdu(self) -> tuple[int, bytes | bytearray]:
+        """Return the next PDU as (type, body).
+
+        Raises
+        ------
+        PeerAborted
+            On A-ABORT.
+        ConnectionResetError, TimeoutError, ProtocolError
+        """
+        if self._end - self._start < 6:
+            self._fill(6)
+        start = self._start
+        pdu_type, length = _HEADER.unpack_from(self._buf, start)
+        if pdu_type not in PDU_NAMES:
+            raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
+        if length > MAX_RECEIVE_PDU:
+            raise ProtocolError(f"PDU length {length} exceeds {MAX_RECEIVE_PDU}")
+        stop = start + 6 + length
+        body: bytes | bytearray
+        if stop <= self._end:
+            body = bytes(self._view[start + 6 : stop])
+            if stop == self._end:
+                self._start = self._end = 0
+            else:
+                self._start = stop
+        else:
+            have = self._end - start - 6
+            body = bytearray(length)
+            body[:have] = self._view[start + 6 : self._end]
+            self._start = self._end = 0
+            view = memoryview(body)
+            while have < length:
+                have += self._recv(view[have:])
+        if pdu_type == A_ABORT:
+            raise PeerAborted(body[2], body[3]) if len(body) >= 4 else PeerAborted()
+        return pdu_type, body
+
+
+def set_socket_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Bound every blocking receive and send on `sock` (``SO_RCVTIMEO``/``SO_SNDTIMEO``, as DCMTK's -ts).
+
+    Kernel-side timeouts keep one system call per receive, where Python's `socket.settimeout` adds a
+    ``poll`` before each one.
+    """
+    sock.settimeout(None)
+    whole = int(seconds or 0)
+    value = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1e6))
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, value)
+        except OSError:
+            pass
+
+
+def _min_timeout(*values: float | None) -> float | None:
+    chosen = [v for v in values if v]
+    return min(chosen) if chosen else None
+
+
+class Association:
+    """Serves one association on a connected socket, start to end, in the calling process.
+
+    Parameters
+    ----------
+    sock : socket.socket
+        The accepted connection; closed by `run`.
+    address : (str, int)
+        The peer's IP address and port.
+    options : ReceiveOptions
+    negotiator : Negotiator
+    store : storage.Store
+    events : events.EventRunner
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: tuple[str, int],
+        options: ReceiveOptions,
+        negotiator: Negotiator,
+        store: Store,
+        events: EventRunner,
+    ) -> None:
+        self.sock = sock
+        self.address = address
+        self.options = options
+        self.negotiator = negotiator
+        self.store = store
+        self.events = events
+        self.reader = PDUReader(sock)
+        self.peer = Peer(address=address[0])
+        self.request: acse.AssociationRequest | None = None
+        self.accepted: dict[int, str] = {}
+        self.abstract: dict[int, str] = {}
+        self.peer_max_pdu = 0
+        self.instances = 0
+        self.failures = 0
+        self.data_bytes = 0
+        self._command = bytearray()
+        self._incoming: Incoming | Discard | None = None
+        self._store_rq: dimse.Command | None = None
+        self._store_context = 0
+        self._verbose = log.isEnabledFor(logging.INFO)
+        self._pid = os.getpid()
+
+    # ---- entry point
+
+    def run(self) -> AssociationResult:
+        """Serve the association; never raises for anything the peer does."""
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            tune_socket(self.sock)
+            outcome = self._run()
+        except PeerAborted:
+            log.info("Association Aborted by peer (pid %d)", self._pid)
+            outcome = "aborted-by-peer"
+        except _Abort as exc:
+            log.log(logging.INFO if exc.by_user else logging.ERROR, "%s: aborting association", exc)
+            self._send_abort(0 if exc.by_user else 2, exc.reason)
+            outcome = "aborted"
+        except TimeoutError as exc:
+            log.error("%s: aborting association", exc or "timeout")
+            self._send_abort(2, 0)
+            outcome = "aborted"
+        except ProtocolError as exc:
+            log.error("protocol error: %s: aborting association", exc)
+            self._send_abort(2, 0)
+            outcome = "aborted"
+        except OSError as exc:
+            if self.request is None:
+                log.info("connection from %s closed before an A-ASSOCIATE-RQ: %s", self.address[0], exc)
+            else:
+                log.error("network error: %s", exc)
+            outcome = "closed"
+        except Exception:
+            log.exception("unexpected error: aborting association")
+            self._send_abort(2, 0)
+        finally:
+            if self._incoming is not None:
+                self._incoming.discard()
+                self._incoming = None
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        seconds = time.monotonic() - started
+        if outcome != "rejected" and self.request is not None:
+            log.info(
+                "Association ended (%s, pid %d): %d instances stored, %d failed, %d bytes received in %.2f s",
+                outcome,
+                self._pid,
+                self.instances,
+                self.failures,
+                self.data_bytes,
+                seconds,
+            )
+        return AssociationResult(
+            outcome,
+            self.peer.calling_ae,
+            self.instances,
+            self.failures,
+            self.data_bytes,
+            seconds,
+        )
+
+    def _send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _send_abort(self, source: int, reason: int) -> None:
+        try:
+            self.sock.sendall(_HEADER.pack(A_ABORT, 4) + bytes((0, 0, source, reason)))
+        except OSError:
+            pass
+
+    # ---- association establishment
+
+    def _run(self) -> str:
+        options = self.options
+        set_socket_timeout(self.sock, _min_timeout(options.acse_timeout, options.socket_timeout))
+        pdu_type, body = self.reader.read_pdu()
+        if pdu_type != A_ASSOCIATE_RQ:
+            raise _Abort(f"expected A-ASSOCIATE-RQ, received {PDU_NAMES[pdu_type]}", reason=2)
+        try:
+            request, _ = acse.decode_request(bytes(body))
+        except Exception as exc:
+            raise _Abort(f"cannot decode A-ASSOCIATE-RQ: {exc}", reason=6) from None
+        self.request = request
+        self.peer = Peer(request.calling_ae, request.called_ae, self._peer_address())
+        log.info(
+            "Association Received %s:%d: %s -> %s (pid %d)",
+            self.address[0],
+            self.address[1],
+            request.calling_ae,
+            request.called_ae,
+            self._pid,
+        )
+        rejection = self._rejection(request)
+        if rejection is not None:
+            result, source, reason, why = rejection
+            log.info("Association Rejected (%s): %s", why, acse.rejection_reason_text(source, reason))
+            self._send(_HEADER.pack(A_ASSOCIATE_RJ, 4) + acse.encode_reject(result, source, reason))
+            self._linger()
+            return "rejected"
+        results = self.negotiator.results(request)
+        for cid, abstract, _syntaxes in request.contexts:
+            result, ts = results[cid]
+            if result == acse.PC_ACCEPTANCE:
+                self.accepted[cid] = ts
+                self.abstract[cid] = abstract
+        self.peer_max_pdu = request.max_pdu
+        accept = acse.encode_accept(request, results, options.max_pdu, ae_title=options.ae_title)
+        self._send(_HEADER.pack(A_ASSOCIATE_AC, len(accept)) + accept)
+        self._log_contexts(request, results)
+        log.info("Association Acknowledged (max send PDV: %d)", self.peer_max_pdu)
+        set_socket_timeout(self.sock, _min_timeout(options.dimse_timeout, options.socket_timeout))
+        return self._dimse_loop()
+
+    def _peer_address(self) -> str:
+        ip = self.address[0]
+        if self.options.host_lookup and (
+            self.events.options.exec_on_reception or self.events.options.exec_on_eostudy
+        ):
+            try:
+                return socket.gethostbyaddr(ip)[0]
+            except OSError:
+                return ip
+        return ip
+
+    def _rejection(self, request: acse.AssociationRequest) -> tuple[int, int, int, str] | None:
+        options = self.options
+        if options.refuse:
+            return (
+                acse.RESULT_REJECTED_PERMANENT,
+                acse.SOURCE_SERVICE_USER,
+                acse.REASON_NO_REASON,
+                "--refuse",
+            )
+        if request.application_context != acse.APPLICATION_CONTEXT:
+            return (
+                acse.RESULT_REJECTED_PERMANENT,
+                acse.SOURCE_SERVICE_USER,
+                acse.REASON_APP_CONTEXT_NOT_SUPPORTED,
+                f"application context {request.application_context}",
+            )
+        if options.reject_without_implementation_uid and not request.implementation_class_uid:
+            return (
+                acse.RESULT_REJECTED_PERMANENT,
+                acse.SOURCE_SERVICE_USER,
+                acse.REASON_NO_REASON,
+                "no implementation class UID",
+            )
+        if options.accept_aets and request.calling_ae not in options.accept_aets:
+            return (
+                acse.RESULT_REJECTED_PERMANENT,
+                acse.SOURCE_SERVICE_USER,
+                acse.REASON_CALLING_AE_NOT_RECOGNIZED,
+                f"calling AE title {request.calling_ae!r} not in --accept-aet",
+            )
+        return None
+
+    def _linger(self) -> None:
+        """After A-ASSOCIATE-RJ: let the peer close first (up to a second), as the upper layer expects."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            ready, _, _ = select.select([self.sock], [], [], 1.0)
+            if ready:
+                self.sock.recv(64)
+        except OSError:
+            pass
+
+    def _log_contexts(self, request: acse.AssociationRequest, results: dict[int, tuple[int, str]]) -> None:
+        level = logging.INFO if self.options.verbose_pc else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        names = {
+            acse.PC_ACCEPTANCE: "Accepted",
+            acse.PC_USER_REJECTION: "User Rejection",
+            acse.PC_NO_REASON: "Rejected (no reason)",
+            acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED: "Abstract Syntax Not Supported",
+            acse.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED: "Transfer Syntaxes Not Supported",
+        }
+        lines = [f"Presentation Contexts ({len(request.contexts)}):"]
+        for cid, abstract, syntaxes in request.contexts:
+            result, ts = results[cid]
+            lines.append(f"  Context ID: {cid} ({names.get(result, result)})")
+            lines.append(f"    Abstract Syntax: {abstract}")
+            lines.append(f"    Proposed Transfer Syntaxes: {', '.join(syntaxes)}")
+            if result == acse.PC_ACCEPTANCE:
+                lines.append(f"    Accepted Transfer Syntax: {ts}")
+        log.log(level, "\n".join(lines))
+
+    # ---- DIMSE
+
+    def _dimse_loop(self) -> str:
+        read = self.reader.read_pdu
+        tos = self.events.options.eostudy_timeout
+        while True:
+            if tos and self.store.study is not None and self._idle() and not self.reader.pending():
+                ready, _, _ = select.select([self.sock], [], [], tos)
+                if not ready:
+                    self.store.end_study()
+            pdu_type, body = read()
+            if pdu_type == P_DATA_TF:
+                self._p_data(body)
+            elif pdu_type == A_RELEASE_RQ:
+                if self._incoming is not None:
+                    log.error("A-RELEASE-RQ in the middle of a data set: incomplete data set dropped")
+                    self._incoming.discard()
+                    self._incoming = None
+                self._send(_HEADER.pack(A_RELEASE_RP, 4) + bytes(4))
+                log.info("Association Release (pid %d)", self._pid)
+                return "released"
+            else:
+                raise _Abort(f"unexpected {PDU_NAMES[pdu_type]} during the association", reason=2)
+
+    def _idle(self) -> bool:
+        return self._incoming is None and not self._command
+
+    def _p_data(self, body: bytes | bytearray) -> None:
+        end = len(body)
+        pos = 0
+        view = memoryview(body)
+        accepted = self.accepted
+        while pos < end:
+            if pos + 6 > end:
+                raise ProtocolError("truncated PDV item in P-DATA-TF")
+            (item_length,) = _UL.unpack_from(body, pos)
+            stop = pos + 4 + item_length
+            if item_length < 2 or stop > end:
+                raise ProtocolError("malformed PDV item in P-DATA-TF")
+            context = body[pos + 4]
+            control = body[pos + 5]
+            fragment = view[pos + 6 : stop]
+            pos = stop
+            if context not in accepted:
+                raise _Abort(f"P-DATA-TF on presentation context {context}, which was not accepted", reason=6)
+            if control & 1:
+                self._command_fragment(context, control, fragment)
+            else:
+                self._data_fragment(context, control, fragment)
+
+    def _command_fragment(self, context: int, control: int, fragment: memoryview) -> None:
+        if self._incoming is not None:
+            raise _Abort("command fragment received while a data set was expected", reason=5)
+        if not control & 2:
+            self._command += fragment
+            return
+        if self._command:
+            self._command += fragment
+            raw: bytes | memoryview = bytes(self._command)
+            self._command.clear()
+        else:
+            raw = fragment
+        try:
+            command = dimse.decode_command(raw)
+        except ValueError as exc:
+            raise _Abort(f"cannot decode DIMSE command: {exc}", reason=6) from None
+        field = command.command_field
+        if field == dimse.C_STORE_RQ:
+            self._begin_store(context, command)
+        elif field == dimse.C_ECHO_RQ:
+            if self._verbose:
+                log.info("Received Echo Request (MsgID %d)", command.message_id)
+            self._send_command(context, dimse.c_echo_rsp(command.message_id, 0))
+        else:
+            raise _Abort(f"cannot handle command 0x{field:04X}", reason=5)
+
+    def _begin_store(self, context: int, command: dimse.Command) -> None:
+        if not command.data_set_present:
+            raise _Abort("C-STORE-RQ without a data set", reason=6)
+        options = self.options
+        sop_class = command.sop_class_uid or self.abstract[context]
+        if self._verbose:
+            log.info("Received Store Request (MsgID %d, %s)", command.message_id, command.sop_instance_uid)
+        self._store_rq = command
+        self._store_context = context
+        self._incoming = self.store.begin(
+            sop_class,
+            command.sop_instance_uid,
+            self.accepted[context],
+            self.peer.calling_ae,
+            eager=bool(options.sleep_during),
+        )
+        if options.sleep_during:
+            time.sleep(options.sleep_during)
+
+    def _data_fragment(self, context: int, control: int, fragment: memoryview) -> None:
+        incoming = self._incoming
+        if incoming is None:
+            raise _Abort("data set fragment without a C-STORE-RQ", reason=5)
+        if context != self._store_context:
+            raise _Abort("data set fragment on another presentation context than its command", reason=6)
+        options = self.options
+        if options.abort_during:
+            raise _Abort("ABORT initiated during C-STORE (--abort-during)", by_user=True)
+        incoming.write(fragment)
+        self.data_bytes += len(fragment)
+        if options.sleep_during:
+            time.sleep(options.sleep_during)
+        if control & 2:
+            self._end_store()
+
+    def _end_store(self) -> None:
+        incoming = self._incoming
+        command = self._store_rq
+        assert incoming is not None and command is not None
+        options = self.options
+        if options.sleep_during:
+            time.sleep(options.sleep_during)
+        if options.abort_after:
+            raise _Abort("ABORT initiated after C-STORE-RQ (--abort-after)", by_user=True)
+        result = self.store.complete(incoming, self.peer)
+        self._incoming = None
+        if result.status == 0 or result.status & 0xF000 == 0xB000:
+            self.instances += 1
+            if self._verbose and result.path:
+                log.info("Stored DICOM file: %s", result.path)
+        else:
+            self.failures += 1
+        self._send_command(
+            self._store_context,
+            dimse.c_store_rsp(
+                command.message_id,
+                command.sop_class_uid,
+                command.sop_instance_uid,
+                result.status,
+                result.comment or None,
+            ),
+        )
+        if self.events.options.exec_on_reception and (result.status == 0 or result.status & 0xF000 == 0xB000):
+            directory, name = os.path.split(result.path) if result.path else ("", "")
+            self.events.on_reception(directory, name, self.peer)
+        if options.sleep_after:
+            time.sleep(options.sleep_after)
+
+    def _send_command(self, context: int, payload: bytes) -> None:
+        n = len(payload)
+        if not self.peer_max_pdu or n + 6 <= self.peer_max_pdu:
+            self.sock.sendall(_PDV.pack(P_DATA_TF, n + 6, n + 2, context, 3) + payload)
+        else:
+            self.sock.sendall(
+                b"".join(bytes(p) for p in pdata_parts(context, payload, True, self.peer_max_pdu))
+            )

@@ -1,0 +1,222 @@
+"""Receive benchmark: ``batchstore receive --fork`` against DCMTK ``storescp --fork``, same senders, one run.
+
+Two concurrent DCMTK ``storescu`` processes (``TCP_NODELAY=1``) each send 5,000 x 1 KB files (their own
+corpus, distinct UIDs) to the receiver on loopback; the receiver writes to a fresh directory on the same
+file system. For each receiver the table shows wall seconds from the first sender's start to the last
+sender's end, files/s, and the receiver's CPU seconds (its process and the association children it
+reaped); the ratio is batchstore files/s divided by storescp files/s.
+
+``--nagle`` leaves Nagle's algorithm on in the DCMTK processes (as Debian deploys them) instead.
+Writes ``perf/results/receive.json``. Run: ``python perf/bench_receive.py [--quick] [--files N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from gen_corpus import generate  # noqa: E402
+from peers import DCMTK_STORESCP, DCMTK_STORESCU, dcmtk_env, free_port, wait_listening  # noqa: E402
+
+SENDERS = 2
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _count_files(directory: Path) -> int:
+    return sum(1 for entry in os.scandir(directory) if entry.is_file() and not entry.name.startswith("."))
+
+
+def _receiver_command(kind: str, out: Path, port: int, port_file: Path) -> list[str]:
+    if kind == "storescp":
+        return [DCMTK_STORESCP, "--fork", "-od", str(out), str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "batchstore",
+        "receive",
+        "--fork",
+        "--host",
+        "127.0.0.1",
+        "--port-file",
+        str(port_file),
+        "-od",
+        str(out),
+        "0",
+    ]
+
+
+def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expected: int) -> dict:
+    out = work / f"out-{kind}-{time.monotonic_ns()}"
+    out.mkdir()
+    port_file = work / f"{kind}.port"
+    port_file.unlink(missing_ok=True)
+    port = free_port()
+    env = dcmtk_env(nodelay) if kind == "storescp" else dict(os.environ, PYTHONPATH=str(ROOT))
+    command = _receiver_command(kind, out, port, port_file)
+    cpu_before = _children_cpu()
+    receiver = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        if kind == "storescp":
+            wait_listening(port, 15, receiver, kind)
+        else:
+            deadline = time.monotonic() + 20
+            while not (port_file.exists() and port_file.read_text().endswith("\n")):
+                if receiver.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"batchstore receive did not start: {receiver.stderr.read() if receiver.stderr else ''}"
+                    )
+                time.sleep(0.02)
+            port = int(port_file.read_text())
+        errors: list[str] = []
+
+        def send(corpus: Path) -> None:
+            proc = subprocess.run(
+                [DCMTK_STORESCU, "+sd", "+r", "127.0.0.1", str(port), str(corpus)],
+                env=dcmtk_env(nodelay),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            if proc.returncode != 0:
+                errors.append(proc.stderr[-2000:])
+
+        threads = [threading.Thread(target=send, args=(corpus,)) for corpus in corpora]
+        sender_cpu_before = _children_cpu()
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - start
+        senders_cpu = _children_cpu() - sender_cpu_before
+        if errors:
+            raise RuntimeError(f"storescu failed against {kind}: {errors[0]}")
+        time.sleep(0.3)  # let the last children exit and be reaped
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        try:
+            receiver.wait(30)
+        except subprocess.TimeoutExpired:
+            receiver.kill()
+            receiver.wait()
+    receiver_cpu = _children_cpu() - cpu_before - senders_cpu
+    stored = _count_files(out)
+    if stored != expected:
+        raise RuntimeError(f"{kind} stored {stored} files, expected {expected}")
+    return {
+        "receiver": kind,
+        "command": " ".join(command),
+        "seconds": round(seconds, 3),
+        "files_per_second": round(expected / seconds, 1),
+        "receiver_cpu_seconds": round(receiver_cpu, 2),
+        "senders_cpu_seconds": round(senders_cpu, 2),
+        "stored": stored,
+    }
+
+
+def _median(rows: list[dict]) -> dict:
+    """The run with the median time, plus every run's seconds."""
+    ordered = sorted(rows, key=lambda row: row["seconds"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["all_seconds"] = [row["seconds"] for row in rows]
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=5000, help="files per sender (default 5000)")
+    parser.add_argument(
+        "--size", type=int, default=1024, help="approximate file size in bytes (default 1024)"
+    )
+    parser.add_argument("--quick", action="store_true", help="500 files per sender")
+    parser.add_argument("--nagle", action="store_true", help="leave Nagle on in DCMTK (as deployed)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate the receivers N times and report medians (default 1)"
+    )
+    parser.add_argument("--work", help="work directory (default: a temporary directory, removed afterwards)")
+    parser.add_argument("--output", default=str(ROOT / "perf" / "results" / "receive.json"))
+    args, _unknown = parser.parse_known_args(argv)
+    files = 500 if args.quick else args.files
+    tmp = None
+    if args.work:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-receive-", dir=str(ROOT / "perf"))
+        work = Path(tmp.name)
+    try:
+        corpora = []
+        for i in range(SENDERS):
+            corpus = work / f"corpus-{files}-{args.size}-{i}"
+            if not corpus.exists():
+                generate(str(corpus), files, seed=100 + i, profile="uniform", size=args.size)
+            corpora.append(corpus)
+        expected = files * SENDERS
+        runs: dict[str, list[dict]] = {"storescp": [], "batchstore": []}
+        for _ in range(max(1, args.repeat)):
+            for kind in runs:
+                runs[kind].append(run_receiver(kind, corpora, work, not args.nagle, expected))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    results = [_median(rows) for rows in runs.values()]
+    dcmtk, ours = results
+    ratio = ours["files_per_second"] / dcmtk["files_per_second"]
+    print(
+        f"{SENDERS} x storescu (TCP_NODELAY={'0' if args.nagle else '1'}) x {files} files of ~{args.size} bytes"
+    )
+    print(f"{'receiver':<34} {'seconds':>8} {'files/s':>9} {'recv CPU s':>11}")
+    for row in results:
+        label = "storescp --fork" if row["receiver"] == "storescp" else "batchstore receive --fork"
+        print(
+            f"{label:<34} {row['seconds']:>8.2f} {row['files_per_second']:>9.0f} {row['receiver_cpu_seconds']:>11.2f}"
+        )
+    if args.repeat > 1:
+        print(f"(median of {args.repeat} alternating runs each)")
+    print(f"ratio (batchstore / storescp files/s): {ratio:.2f}")
+    report = {
+        "benchmark": "receive",
+        "senders": SENDERS,
+        "files_per_sender": files,
+        "file_size": args.size,
+        "tcp_nodelay_dcmtk": not args.nagle,
+        "repeat": max(1, args.repeat),
+        "results": results,
+        "ratio_files_per_second": round(ratio, 3),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
