@@ -499,6 +499,14 @@ class Coordinator:
         ]
         self._record(wid, failed, count_retries=False)
 
+    def _fail_queued(self, wid: int, error: str, attempts: int) -> None:
+        """Fail every batch still queued as transient (the peer could not be reached)."""
+        while True:
+            nxt = self._next_batch(-1)
+            if nxt is None:
+                return
+            self._fail_batch(wid, nxt[0], st.TRANSIENT, error, attempts)
+
     def _connect_failed(self, wid: int, slot: _Slot, error: str, transient: bool) -> None:
         """A worker told to associate could not: park it and adapt, or fail the batch it would have had."""
         slot.connected = False
@@ -506,13 +514,15 @@ class Coordinator:
         others = sum(1 for w, s in self.slots.items() if w != wid and s.connected and not s.finished)
         if transient and others:
             self._shrink(f"association refused while {others} other(s) connected ({error})", limit=others)
-        elif not transient or slot.assoc_failures > self.config.retries:
+        elif not transient:
             nxt = self._next_batch(slot.group)
             if nxt is not None:
-                category = st.TRANSIENT if transient else st.PERMANENT
-                self._fail_batch(wid, nxt[0], category, f"association failed: {error}", slot.assoc_failures)
-            if not transient:
-                return
+                self._fail_batch(wid, nxt[0], st.PERMANENT, f"association failed: {error}", slot.assoc_failures)
+            return
+        elif slot.assoc_failures > self.config.retries:
+            # Nobody is connected and the retries are spent: the peer is unreachable. Fail what is left
+            # now (transient: a resume with --journal sends it) rather than retrying batch after batch.
+            self._fail_queued(wid, f"association failed: {error}", slot.assoc_failures)
         self.report.retries += 1
         slot.parked_until = time.monotonic() + backoff(min(slot.assoc_failures, 8), self.config.retry_wait)
 
@@ -531,6 +541,7 @@ class Coordinator:
         elif slot.assoc_failures > self.config.retries:
             remainder = replace(batch, instances=tuple(rest))
             self._fail_batch(wid, remainder, st.TRANSIENT, f"association failed: {error}", slot.assoc_failures)
+            self._fail_queued(wid, f"association failed: {error}", slot.assoc_failures)
             return
         self.report.retries += 1
         if rest:
