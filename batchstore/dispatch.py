@@ -37,10 +37,10 @@ from .acse import AssociationRejected
 from .net import ProtocolError
 from .plan import Batch, ContextGroup, choose_context
 from .report import AssociationRecord, Outcome, Report
-from .scan import verify_dataset
+from .scan import SMALL_DATASET, read_dataset_bytes, verify_bytes, verify_dataset
 from .scu import AssociationOptions, StoreSCU
 from .transcode import EditOptions, encode_dataset
-from .uids import ts_name
+from .uids import DEFLATED_EXPLICIT_VR_LE, ts_name
 
 log = logging.getLogger("batchstore.dispatch")
 
@@ -195,8 +195,19 @@ class Worker:
     def send_one(self, batch: Batch, inst, index: int) -> Outcome:  # type: ignore[no-untyped-def]
         config = self.config
         start = time.perf_counter()
+        data: bytes | None = None  # a small data set, read once: checked and sent from memory
         if config.verify and not config.read_dataset_only:
-            reason = verify_dataset(inst.path, inst.data_offset, inst.transfer_syntax)
+            if (
+                inst.size - inst.data_offset <= SMALL_DATASET
+                and inst.transfer_syntax != DEFLATED_EXPLICIT_VR_LE
+            ):
+                try:
+                    data = read_dataset_bytes(inst.path, inst.data_offset)
+                except OSError as exc:
+                    return self._outcome(inst, st.PERMANENT, error=f"cannot read: {exc.strerror or exc}")
+                reason = verify_bytes(data, inst.transfer_syntax)
+            else:
+                reason = verify_dataset(inst.path, inst.data_offset, inst.transfer_syntax)
             if reason:
                 return self._outcome(inst, st.PERMANENT, error=reason, attempts=0)
         attempts = 0
@@ -231,7 +242,10 @@ class Worker:
             uid = inst.sop_instance_uid
             try:
                 if mode == "as-is" and not config.edits.any:
-                    rsp = scu.store_file(context_id, inst.sop_class_uid, uid, inst.path, inst.data_offset)
+                    if data is not None:
+                        rsp = scu.store_bytes(context_id, inst.sop_class_uid, uid, data)
+                    else:
+                        rsp = scu.store_file(context_id, inst.sop_class_uid, uid, inst.path, inst.data_offset)
                 else:
                     try:
                         data, uid = encode_dataset(
@@ -517,7 +531,9 @@ class Coordinator:
         elif not transient:
             nxt = self._next_batch(slot.group)
             if nxt is not None:
-                self._fail_batch(wid, nxt[0], st.PERMANENT, f"association failed: {error}", slot.assoc_failures)
+                self._fail_batch(
+                    wid, nxt[0], st.PERMANENT, f"association failed: {error}", slot.assoc_failures
+                )
             return
         elif slot.assoc_failures > self.config.retries:
             # Nobody is connected and the retries are spent: the peer is unreachable. Fail what is left
@@ -540,7 +556,9 @@ class Coordinator:
             self._shrink(f"association refused while {others} other(s) connected ({error})", limit=others)
         elif slot.assoc_failures > self.config.retries:
             remainder = replace(batch, instances=tuple(rest))
-            self._fail_batch(wid, remainder, st.TRANSIENT, f"association failed: {error}", slot.assoc_failures)
+            self._fail_batch(
+                wid, remainder, st.TRANSIENT, f"association failed: {error}", slot.assoc_failures
+            )
             self._fail_queued(wid, f"association failed: {error}", slot.assoc_failures)
             return
         self.report.retries += 1
@@ -555,7 +573,9 @@ class Coordinator:
         if self.target < self.workers and now - self.last_change > GROW_SECONDS:
             self.target += 1
             self.last_change = now
-            log.info("no association trouble for %.0f s: %d worker(s) busy at most", GROW_SECONDS, self.target)
+            log.info(
+                "no association trouble for %.0f s: %d worker(s) busy at most", GROW_SECONDS, self.target
+            )
         busy = sum(1 for s in self.slots.values() if s.batch is not None and not s.finished)
         if self.halted or (not any(self.queues.values()) and busy == 0):
             # nothing can come back to the queue any more: stop idle workers, and cut short the ones

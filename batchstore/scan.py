@@ -501,20 +501,87 @@ def verify_dataset(path: str, data_offset: int, transfer_syntax: str) -> str | N
         src = _Source(fd, size)
         if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
             return _verify_deflated(src, data_offset)
+        return _verify(src, data_offset, transfer_syntax)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+
+
+_EXPLICIT_LE_HEADER: Final = struct.Struct("<HH2sH")
+
+
+def _skip_plain_explicit_le(buf: bytes, pos: int) -> int:
+    """Skip the leading run of ordinary, defined-length explicit VR little endian elements in `buf`.
+
+    Returns the position of the first element it does not handle (undefined length, an unknown VR, a
+    value running past the end, or the end itself); `_walk_dataset` takes over from there and produces
+    the exact reason when something is wrong. This loop is the common case of every small file and is
+    about 3x faster than the general walker (perf/: verification was a third of a 1 KB file's CPU).
+    """
+    unpack = _EXPLICIT_LE_HEADER.unpack_from
+    u32 = _U32[True].unpack_from
+    long_vrs, all_vrs = _LONG_VRS, _ALL_VRS
+    end = len(buf)
+    while pos + 8 <= end:
+        _group, _elem, vr, length = unpack(buf, pos)
+        if vr in long_vrs:
+            if pos + 12 > end:
+                return pos
+            length = u32(buf, pos + 8)[0]
+            nxt = pos + 12 + length
+        elif vr in all_vrs:
+            nxt = pos + 8 + length
+        else:
+            return pos
+        if length == _UNDEFINED or nxt > end:
+            return pos
+        pos = nxt
+    return pos
+
+
+def _verify(src: _Source, data_offset: int, transfer_syntax: str) -> str | None:
+    try:
         if _is_standard(transfer_syntax):
             encoding = _encoding_of(transfer_syntax)
         else:  # a private transfer syntax: trust the bytes
             encoding = _detect_encoding(src, data_offset) or (True, True)
+        if src.fd < 0 and encoding == (True, True):  # in memory: skip the plain elements fast
+            data_offset = _skip_plain_explicit_le(src.buf, data_offset)
         _walk_dataset(src, data_offset, *encoding)
         return None
     except _Bad as exc:
         return str(exc)
-    except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
     except RecursionError:
         return "corrupt data set: sequences nested too deeply"
-    finally:
-        os.close(fd)
+
+
+#: Data sets up to this size are read whole by the sender, checked with `verify_bytes` and sent from
+#: memory: one open and one read per file instead of two of each (perf/: ~15 % of a 1 KB file's cost).
+SMALL_DATASET: Final = 65536
+
+
+def read_dataset_bytes(path: str, data_offset: int) -> bytes:
+    """Return the data set of `path` (the bytes from `data_offset` to the end of the file).
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    """
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(data_offset)
+        return fh.readall()
+
+
+def verify_bytes(data: bytes, transfer_syntax: str) -> str | None:
+    """`verify_dataset` for a data set already in memory (`data` starts with its first element).
+
+    A deflated data set is not checked here (use `verify_dataset` on the file).
+    """
+    if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
+        return None
+    return _verify(_Source(-1, len(data), bytes(data)), 0, transfer_syntax)
 
 
 def _verify_deflated(src: _Source, pos: int) -> str | None:

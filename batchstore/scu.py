@@ -89,6 +89,7 @@ class StoreSCU:
         self.send_pdu = 0
         self._message_id = 0
         self.abstract_of = {cid: abstract for cid, abstract, _ in contexts}
+        self._buffer: bytearray | None = None
 
     # -- association life cycle ------------------------------------------------------------------
 
@@ -226,12 +227,22 @@ class StoreSCU:
         stays flat whatever the file size.
         """
         assert self.stream is not None
+        if self._buffer is None:
+            # One buffer per association, reused for every file: a fresh 512 KB bytes object per file
+            # costs an mmap/munmap pair and its page faults.
+            self._buffer = bytearray(STREAM_CHUNK)
+        view = memoryview(self._buffer)
         with open(path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size - data_offset
             fh.seek(data_offset)
             if size <= STREAM_CHUNK:
-                data = fh.read()
-                return self.store_bytes(context_id, sop_class_uid, sop_instance_uid, data)
+                got = 0
+                while got < size:
+                    n = fh.readinto(view[got:size])
+                    if not n:
+                        raise OSError(f"{path}: file shrank while being sent")
+                    got += n
+                return self.store_bytes(context_id, sop_class_uid, sop_instance_uid, view[:size])
             message_id = self._next_message_id()
             command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
             self.stream.send_parts(pdata_parts(context_id, command, True, self.send_pdu))
@@ -239,10 +250,8 @@ class StoreSCU:
             fragment = max(self.send_pdu - 6, 1)
             chunk = max(fragment, (STREAM_CHUNK // fragment) * fragment)
             remaining = size
-            buf = bytearray(chunk)
-            view = memoryview(buf)
             while remaining > 0:
-                n = fh.readinto(buf)
+                n = fh.readinto(view[:chunk])
                 if not n:
                     raise OSError(f"{path}: file shrank while being sent")
                 n = min(n, remaining)

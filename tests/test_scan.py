@@ -470,3 +470,28 @@ def test_command_files_do_not_nest(tmp_path: Path) -> None:
 def test_missing_command_file(tmp_path: Path) -> None:
     with pytest.raises(CommandFileError, match="cannot open command file"):
         expand_command_files([f"@{tmp_path / 'none.txt'}"])
+
+
+def test_verify_bytes_agrees_with_verify_dataset(tmp_path: Path) -> None:
+    """The sender checks small data sets in memory; it must reach the same verdicts as the file walker."""
+    from gen_corpus import generate
+
+    from batchstore.scan import read_dataset_bytes, verify_bytes
+
+    generate(str(tmp_path / "c"), 80, seed=4, profile="mixed", junk=6)
+    checked = truncated = 0
+    for path in sorted(p for p in (tmp_path / "c").rglob("*") if p.is_file()):
+        inst = read_instance(str(path))
+        if not isinstance(inst, Instance):
+            continue
+        data = read_dataset_bytes(inst.path, inst.data_offset)
+        for cut in (len(data), len(data) * 2 // 3, len(data) - 1):
+            cut_path = tmp_path / "cut.dcm"
+            cut_path.write_bytes(path.read_bytes()[: inst.data_offset + cut])
+            expected = verify_dataset(str(cut_path), inst.data_offset, inst.transfer_syntax)
+            got = verify_bytes(data[:cut], inst.transfer_syntax)
+            if inst.transfer_syntax != "1.2.840.10008.1.2.1.99":
+                assert got == expected, (path.name, cut)
+            checked += 1
+            truncated += expected is not None
+    assert checked >= 200 and truncated >= 100
