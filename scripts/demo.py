@@ -53,7 +53,7 @@ def main() -> int:
         receiver.wait(timeout=20)
     arrived = sum(1 for p in received.rglob("*") if p.is_file())
     print(f"\n{arrived} file(s) arrived in {received}; report: {work / 'report.json'}")
-    print(f"batchstore send exited with {code} (5/6: some files failed - here the 3 junk files, by design)")
+    print(f"batchstore send exited with {code} (6: some files failed permanently - the 3 junk files, by design)")
     return 0 if arrived == args.count else 1
 
 

@@ -295,3 +295,30 @@ def test_scan_dry_run(small_corpus: tuple[Path, dict]) -> None:
     assert plan["files"] == len(manifest["files"])
     assert sum(g["files"] for g in plan["groups"]) == len(manifest["files"])
 
+
+
+def test_read_modes_bare_data_sets(tmp_path: Path) -> None:
+    """-f sends data sets without file meta information; +fo refuses them; +f (default) takes both."""
+    from pydicom.dataset import Dataset
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    uids = []
+    for n in range(3):
+        ds = Dataset()
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.99.{n + 1}"
+        ds.PatientName = "BARE^DATASET"
+        ds.Modality = "OT"
+        ds.save_as(bare / f"ds{n}", implicit_vr=True, little_endian=True, enforce_file_format=False)
+        uids.append(ds.SOPInstanceUID)
+    with DcmtkStorescp(["+xa"]) as scp:
+        only_file = run_send("+fo", "-nh", "+sd", "127.0.0.1", str(scp.port), str(bare))
+        assert only_file.returncode == EXIT_NOTHING_SENT  # three files, none of them Part 10
+        assert only_file.stderr.count("+fo/--read-file-only given") == 3 and scp.received() == {}
+        for mode in ("-f", "+f"):
+            proc = run_send(mode, "+sd", "127.0.0.1", str(scp.port), str(bare))
+            assert proc.returncode == EXIT_OK, (mode, proc.stderr[-2000:])
+        received = scp.wait_files(3, timeout=30)
+        assert set(received) == set(uids)
+        assert pydicom.dcmread(received[uids[0]]).PatientName == "BARE^DATASET"

@@ -55,4 +55,4 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(2)
-    cli.main(args=args, prog_name="batchstore")
+    cli.main(args=args, prog_name="batchstore", obj=args)  # obj: the expanded arguments, for --arguments

@@ -125,7 +125,8 @@ def setup_logging(
 ) -> int:
     """Configure the ``batchstore`` logger from the general options; return the level in force."""
     if arguments:
-        click.echo("expanded command line arguments:\n" + "\n".join(sys.argv[1:]), err=True)
+        expanded = click.get_current_context().find_root().obj or sys.argv[1:]
+        click.echo("expanded command line arguments:\n" + "\n".join(expanded), err=True)
     level = logging.WARNING
     if quiet:
         level = logging.CRITICAL
