@@ -1,0 +1,56 @@
+"""batchstore send into batchstore receive: the two halves together, checked from the output directory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gen_corpus import generate
+from peers import dataset_bytes, received_index
+from test_receive_helpers import Receiver, temp_files, wait_for
+
+from batchstore.report import EXIT_OK, EXIT_SOME_FAILED
+
+
+def test_send_j4_into_receive_fork_900_files(tmp_path: Path) -> None:
+    manifest = generate(str(tmp_path / "corpus"), 900, seed=31, profile="mixed", junk=3)
+    files = manifest["files"]
+    report_path = tmp_path / "r.json"
+    with Receiver(tmp_path, ["--fork", "+xa"]) as rx:
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchstore", "send", "-j", "4", "-nh", "+sd", "+r", "-xs",
+             "--report", str(report_path), "127.0.0.1", str(rx.port), str(tmp_path / "corpus")],
+            capture_output=True, text=True, timeout=300,
+        )
+        wait_for(lambda: rx.log().count("Association ended") >= 4, timeout=30)
+        log = rx.log()
+        assert rx.stop() == 0
+    assert proc.returncode == EXIT_SOME_FAILED, proc.stderr[-3000:]  # the 3 junk files
+    got = received_index(rx.out)
+    assert set(got) == {f["sop_instance_uid"] for f in files}
+    corpus = tmp_path / "corpus"
+    mismatched = [f["path"] for f in files if dataset_bytes(got[f["sop_instance_uid"]]) != dataset_bytes(corpus / f["path"])]
+    assert mismatched == []
+    pids = rx.child_pids()
+    assert len(pids) == 4 and len(set(pids)) == 4, log  # one child per worker's association
+    assert temp_files(rx.out) == []
+    summary = json.loads(report_path.read_text())["summary"]
+    assert summary["success"] == len(files) and summary["failed_permanent"] == 3
+
+
+def test_send_to_receive_with_small_peer_pdu(tmp_path: Path) -> None:
+    """The receiver announces its smallest maximum PDU: large data sets span hundreds of P-DATA-TF PDUs."""
+    manifest = generate(str(tmp_path / "c"), 60, seed=32, profile="mixed")
+    with Receiver(tmp_path, ["+xa", "-pdu", "4096"]) as rx:
+        proc = subprocess.run(
+            [sys.executable, "-m", "batchstore", "send", "-j", "1", "+sd", "+r", "-xs",
+             "127.0.0.1", str(rx.port), str(tmp_path / "c")],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert rx.stop() == 0
+    assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
+    got = received_index(rx.out)
+    for f in manifest["files"]:
+        assert dataset_bytes(got[f["sop_instance_uid"]]) == dataset_bytes(tmp_path / "c" / f["path"])
