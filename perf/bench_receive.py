@@ -7,30 +7,26 @@ sender's end, files/s, and the receiver's CPU seconds (its process and the assoc
 reaped); the ratio is batchstore files/s divided by storescp files/s.
 
 ``--nagle`` leaves Nagle's algorithm on in the DCMTK processes (as Debian deploys them) instead.
-Writes ``perf/results/receive.json``. Run: ``python perf/bench_receive.py [--quick] [--files N]``.
+Writes ``perf/results/receive.json``. Run: ``python perf/bench_receive.py [--quick] [--files N]``;
+``perf/run_all.py`` folds the result into the common summary table (target: ratio >= 1.0).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from gen_corpus import generate  # noqa: E402
-from peers import DCMTK_STORESCP, DCMTK_STORESCU, dcmtk_env, free_port, wait_listening  # noqa: E402
+from common import RESULTS, ROOT, summary_row, work_dir, write_json
+from gen_corpus import generate
+from peers import DCMTK_STORESCP, DCMTK_STORESCU, dcmtk_env, free_port, wait_listening
 
 SENDERS = 2
 
@@ -122,6 +118,7 @@ def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expe
             receiver.wait()
     receiver_cpu = _children_cpu() - cpu_before - senders_cpu
     stored = _count_files(out)
+    shutil.rmtree(out, ignore_errors=True)
     if stored != expected:
         raise RuntimeError(f"{kind} stored {stored} files, expected {expected}")
     return {
@@ -143,77 +140,88 @@ def _median(rows: list[dict]) -> dict:
     return chosen
 
 
+def run(
+    work: Path, quick: bool = False, files: int = 5000, size: int = 1024, nagle: bool = False, repeat: int = 3
+) -> dict:
+    """Both receivers against the same two concurrent storescu senders; summary rows and details."""
+    files = max(10, files // 10) if quick else files
+    repeat = 1 if quick else repeat
+    corpora = []
+    for i in range(SENDERS):
+        corpus = work / f"recv-corpus-{files}-{size}-{i}"
+        marker = work / f".{corpus.name}.complete"  # outside the corpus: storescu +sd would send it
+        if not marker.exists():
+            generate(str(corpus), files, seed=100 + i, profile="uniform", size=size)
+            marker.write_text("ok\n")
+        corpora.append(corpus)
+    expected = files * SENDERS
+    runs: dict[str, list[dict]] = {"storescp": [], "batchstore": []}
+    for _ in range(max(1, repeat)):
+        for kind in runs:
+            runs[kind].append(run_receiver(kind, corpora, work, not nagle, expected))
+    results = [_median(rows) for rows in runs.values()]
+    dcmtk, ours = results
+    ratio = ours["files_per_second"] / dcmtk["files_per_second"]
+    lines = [
+        f"receive: {SENDERS} concurrent storescu (TCP_NODELAY={'0' if nagle else '1'}) x {files} files of ~{size} bytes",
+        f"{'receiver':<34} {'seconds':>8} {'files/s':>9} {'recv CPU s':>11}",
+    ]
+    for row in results:
+        label = "storescp --fork" if row["receiver"] == "storescp" else "batchstore receive --fork"
+        lines.append(
+            f"{label:<34} {row['seconds']:>8.2f} {row['files_per_second']:>9.0f} {row['receiver_cpu_seconds']:>11.2f}"
+        )
+    if repeat > 1:
+        lines.append(f"(median of {repeat} alternating runs each)")
+    lines.append(f"ratio (batchstore / storescp files/s): {ratio:.2f}")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    label = f"receive {SENDERS} x storescu {'as deployed' if nagle else '(fair)'} --fork"
+    summary = [
+        summary_row(
+            label,
+            files=expected,
+            dcmtk_s=dcmtk["seconds"],
+            batchstore_s=ours["seconds"],
+            ratio=ratio,
+            target=">= 1.0x",
+            met=ratio >= 1.0,
+            note=f"receiver CPU s: storescp {dcmtk['receiver_cpu_seconds']}, "
+            f"batchstore {ours['receiver_cpu_seconds']}",
+        )
+    ]
+    details = {
+        "benchmark": "receive",
+        "senders": SENDERS,
+        "files_per_sender": files,
+        "file_size": size,
+        "tcp_nodelay_dcmtk": not nagle,
+        "repeat": max(1, repeat),
+        "results": results,
+        "ratio_files_per_second": round(ratio, 3),
+    }
+    return {"summary": summary, "details": details, "table": text}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=5000, help="files per sender (default 5000)")
     parser.add_argument(
         "--size", type=int, default=1024, help="approximate file size in bytes (default 1024)"
     )
-    parser.add_argument("--quick", action="store_true", help="500 files per sender")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the files per sender")
     parser.add_argument("--nagle", action="store_true", help="leave Nagle on in DCMTK (as deployed)")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="alternate the receivers N times and report medians (default 1)"
+        "--repeat", type=int, default=3, help="alternate the receivers N times and report medians (default 3)"
     )
-    parser.add_argument("--work", help="work directory (default: a temporary directory, removed afterwards)")
-    parser.add_argument("--output", default=str(ROOT / "perf" / "results" / "receive.json"))
+    parser.add_argument(
+        "--work", help="work directory (kept; default: a temporary directory, removed afterwards)"
+    )
+    parser.add_argument("--output", default=str(RESULTS / "receive.json"))
     args, _unknown = parser.parse_known_args(argv)
-    files = 500 if args.quick else args.files
-    tmp = None
-    if args.work:
-        work = Path(args.work)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench-receive-", dir=str(ROOT / "perf"))
-        work = Path(tmp.name)
-    try:
-        corpora = []
-        for i in range(SENDERS):
-            corpus = work / f"corpus-{files}-{args.size}-{i}"
-            if not corpus.exists():
-                generate(str(corpus), files, seed=100 + i, profile="uniform", size=args.size)
-            corpora.append(corpus)
-        expected = files * SENDERS
-        runs: dict[str, list[dict]] = {"storescp": [], "batchstore": []}
-        for _ in range(max(1, args.repeat)):
-            for kind in runs:
-                runs[kind].append(run_receiver(kind, corpora, work, not args.nagle, expected))
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
-    results = [_median(rows) for rows in runs.values()]
-    dcmtk, ours = results
-    ratio = ours["files_per_second"] / dcmtk["files_per_second"]
-    print(
-        f"{SENDERS} x storescu (TCP_NODELAY={'0' if args.nagle else '1'}) x {files} files of ~{args.size} bytes"
-    )
-    print(f"{'receiver':<34} {'seconds':>8} {'files/s':>9} {'recv CPU s':>11}")
-    for row in results:
-        label = "storescp --fork" if row["receiver"] == "storescp" else "batchstore receive --fork"
-        print(
-            f"{label:<34} {row['seconds']:>8.2f} {row['files_per_second']:>9.0f} {row['receiver_cpu_seconds']:>11.2f}"
-        )
-    if args.repeat > 1:
-        print(f"(median of {args.repeat} alternating runs each)")
-    print(f"ratio (batchstore / storescp files/s): {ratio:.2f}")
-    report = {
-        "benchmark": "receive",
-        "senders": SENDERS,
-        "files_per_sender": files,
-        "file_size": args.size,
-        "tcp_nodelay_dcmtk": not args.nagle,
-        "repeat": max(1, args.repeat),
-        "results": results,
-        "ratio_files_per_second": round(ratio, 3),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    with work_dir(args.work) as work:
+        result = run(work, args.quick, args.files, args.size, args.nagle, args.repeat)
+    output = write_json(Path(args.output), {"quick": args.quick, **result})
     print(f"wrote {output}")
     return 0
 

@@ -1,0 +1,323 @@
+"""Shared helpers of the perf/ benchmarks: peers, corpora, timing, delivery checks, the summary table.
+
+Every benchmark module exposes ``run(work: Path, quick: bool) -> dict`` returning at least ``summary``
+(a list of summary rows, see `summary_row`) and ``details``; its ``main()`` runs it alone, prints its own
+tables and writes ``perf/results/<name>.json``. ``perf/run_all.py`` runs them all in one process and prints
+one summary table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "perf" / "results"
+for _sub in ("scripts", "tests"):
+    if str(ROOT / _sub) not in sys.path:
+        sys.path.insert(0, str(ROOT / _sub))
+
+from gen_corpus import generate  # noqa: E402
+from peers import DCMTK_STORESCP, DCMTK_STORESCU, DcmtkStorescp, Orthanc, dcmtk_env, free_port  # noqa: E402
+
+__all__ = [
+    "DCMTK_STORESCP",
+    "DCMTK_STORESCU",
+    "BatchstoreReceiver",
+    "DcmtkStorescp",
+    "Orthanc",
+    "ROOT",
+    "RESULTS",
+    "batchstore_cmd",
+    "batchstore_env",
+    "count_files",
+    "dcmtk_env",
+    "format_table",
+    "free_port",
+    "git_head",
+    "make_corpus",
+    "print_summary",
+    "run_timed",
+    "summary_row",
+    "wait_count",
+    "work_dir",
+    "write_json",
+]
+
+LOOPBACK = "127.0.0.1"
+
+
+def batchstore_env() -> dict[str, str]:
+    """Environment for a batchstore subprocess: this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("BATCHSTORE_WORKERS", None)
+    return env
+
+
+def batchstore_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "batchstore", *args]
+
+
+def run_timed(cmd: Sequence[str], env: dict[str, str], timeout: float = 600.0) -> float:
+    """Run ``cmd`` to completion; its wall seconds. Raises with the tail of stderr on a non-zero exit."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        list(cmd),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return elapsed
+
+
+def count_files(directory: str | os.PathLike[str]) -> int:
+    """Files below ``directory`` under a final name (hidden temporary names are not counted)."""
+    total = 0
+    for _root, _dirs, names in os.walk(directory):
+        total += sum(1 for name in names if not name.startswith("."))
+    return total
+
+
+def wait_count(directory: str | os.PathLike[str], expected: int, timeout: float = 30.0) -> int:
+    """Wait until ``expected`` files are in ``directory`` (or the timeout); the final count."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = count_files(directory)
+        if n >= expected or time.monotonic() > deadline:
+            return n
+        time.sleep(0.05)
+
+
+def make_corpus(work: Path, name: str, count: int, size: int, seed: int = 7) -> Path:
+    """A uniform CT corpus of ``count`` files of ~``size`` bytes, generated once per work directory."""
+    corpus = work / f"corpus-{name}-{count}x{size}-s{seed}"
+    done = work / f".{corpus.name}.complete"  # outside: storescu +sd would try to send it
+    if not done.exists():
+        generate(str(corpus), count, seed=seed, profile="uniform", size=size)
+        done.write_text("ok\n")
+    return corpus
+
+
+class BatchstoreReceiver:
+    """``batchstore receive --fork --host 127.0.0.1 --port-file F -od OUT [extra] 0`` as a context manager."""
+
+    def __init__(self, out_dir: Path, extra_args: Sequence[str] = (), start_timeout: float = 30.0) -> None:
+        self.out_dir = Path(out_dir)
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self._tmp = tempfile.mkdtemp(prefix="bs-recv-")
+        self.port_file = Path(self._tmp) / "port"
+        self.log_path = Path(self._tmp) / "receive.log"
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return batchstore_cmd(
+            "receive",
+            "--fork",
+            "--host",
+            LOOPBACK,
+            "--port-file",
+            str(self.port_file),
+            "-od",
+            str(self.out_dir),
+            *self.extra_args,
+            "0",
+        )
+
+    def start(self) -> BatchstoreReceiver:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                env=batchstore_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while not (self.port_file.exists() and self.port_file.read_text().endswith("\n")):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"batchstore receive did not start: {self.log()[-2000:]}")
+            time.sleep(0.02)
+        self.port = int(self.port_file.read_text())
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # children left in the group this receiver leads
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def __enter__(self) -> BatchstoreReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        import shutil
+
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------
+
+
+def summary_row(
+    scenario: str,
+    *,
+    target: str,
+    met: bool | None,
+    dcmtk_s: float | None = None,
+    batchstore_s: float | None = None,
+    ratio: float | None = None,
+    result: str | None = None,
+    files: int | None = None,
+    note: str = "",
+) -> dict[str, Any]:
+    """One line of the summary table. ``met`` None: informational (no target)."""
+    return {
+        "scenario": scenario,
+        "files": files,
+        "dcmtk_s": None if dcmtk_s is None else round(dcmtk_s, 3),
+        "batchstore_s": None if batchstore_s is None else round(batchstore_s, 3),
+        "ratio": None if ratio is None else round(ratio, 2),
+        "result": result or "",
+        "target": target,
+        "met": met,
+        "note": note,
+    }
+
+
+def _cell(value: Any, fmt: str = "{}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """A plain-text table; ``align`` has one char per column, ``<`` or ``>`` (default: first left)."""
+    align = align or "<" + ">" * (len(headers) - 1)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(f"{h:{a}{w}}" for h, a, w in zip(headers, align, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths, strict=True)))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def print_summary(rows: Sequence[dict[str, Any]], title: str = "summary", quick: bool = False) -> str:
+    """Print (and return) the summary table: scenario, DCMTK s, batchstore s, ratio, result, target, met.
+
+    ``quick``: a smoke run, whose sizes are too small to judge the targets: "met" is shown in brackets.
+    """
+    cells = []
+    for r in rows:
+        met = {True: "yes", False: "NO", None: "info"}.get(r["met"], str(r["met"]))
+        if quick and r["met"] is not None:
+            met = f"({met.lower()})"
+        cells.append(
+            [
+                r["scenario"],
+                _cell(r.get("files")),
+                _cell(r.get("dcmtk_s"), "{:.2f}"),
+                _cell(r.get("batchstore_s"), "{:.2f}"),
+                _cell(r.get("ratio"), "{:.2f}x"),
+                r.get("result", ""),
+                r["target"],
+                met,
+            ]
+        )
+    text = format_table(
+        ["scenario", "files", "DCMTK s", "batchstore s", "ratio", "result", "target", "met"],
+        cells,
+        "<>>>>><<",
+    )
+    print(f"\n== {title}\n{text}", flush=True)
+    notes = [f"  {r['scenario']}: {r['note']}" for r in rows if r.get("note")]
+    if notes:
+        print("notes:\n" + "\n".join(notes), flush=True)
+    return text
+
+
+def git_head() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip()
+    except Exception:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    import platform
+
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "timestamp": time.time(),
+        "git_head": git_head(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**environment(), **data}, indent=1) + "\n")
+    return path
+
+
+def work_dir(work: str | None):
+    """A context manager yielding the work directory: ``work`` (kept) or a temporary one (removed)."""
+    import contextlib
+
+    if work:
+        path = Path(work)
+        path.mkdir(parents=True, exist_ok=True)
+        return contextlib.nullcontext(path)
+
+    @contextlib.contextmanager
+    def _tmp():
+        with tempfile.TemporaryDirectory(prefix="bs-perf-") as tmp:
+            yield Path(tmp)
+
+    return _tmp()
