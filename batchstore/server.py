@@ -140,8 +140,8 @@ def validate(options: ReceiveOptions) -> None:
         raise ValueError(f"unknown mode {options.mode!r} (one of {', '.join(MODES)})")
     if options.mode != "inetd" and not 0 <= options.port <= 65535:
         raise ValueError(f"port {options.port} out of range 0..65535")
-    if not 4096 <= options.max_pdu <= 131072:
-        raise ValueError(f"--max-pdu {options.max_pdu} out of range 4096..131072")
+    if options.max_pdu != 0 and not 4096 <= options.max_pdu <= 131072:
+        raise ValueError(f"--max-pdu {options.max_pdu} is not 0 (unlimited) or in the range 4096..131072")
     if not 1 <= len(options.ae_title) <= 16:
         raise ValueError("--aetitle must be 1 to 16 characters")
     if options.preferred not in PREFERRED_TRANSFER_SYNTAXES:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from gen_corpus import generate
 from peers import dataset_bytes, received_index
 from test_receive_helpers import Receiver, temp_files, wait_for
@@ -40,10 +41,11 @@ def test_send_j4_into_receive_fork_900_files(tmp_path: Path) -> None:
     assert summary["success"] == len(files) and summary["failed_permanent"] == 3
 
 
-def test_send_to_receive_with_small_peer_pdu(tmp_path: Path) -> None:
-    """The receiver announces its smallest maximum PDU: large data sets span hundreds of P-DATA-TF PDUs."""
+@pytest.mark.parametrize("pdu", ["4096", "0"], ids=["smallest", "unlimited"])
+def test_send_to_receive_at_extreme_peer_pdu(tmp_path: Path, pdu: str) -> None:
+    """The smallest maximum PDU makes large data sets span hundreds of P-DATA-TF PDUs; 0 means unlimited."""
     manifest = generate(str(tmp_path / "c"), 60, seed=32, profile="mixed")
-    with Receiver(tmp_path, ["+xa", "-pdu", "4096"]) as rx:
+    with Receiver(tmp_path, ["+xa", "-pdu", pdu]) as rx:
         proc = subprocess.run(
             [sys.executable, "-m", "batchstore", "send", "-j", "1", "+sd", "+r", "-xs",
              "127.0.0.1", str(rx.port), str(tmp_path / "c")],

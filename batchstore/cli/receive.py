@@ -89,6 +89,13 @@ def _preference_options(fn: Callable) -> Callable:
 _SECONDS = click.FloatRange(min=0)
 
 
+def _pdu_or_unlimited(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """storescp's range 4096..131072, plus 0 for "unlimited" (PDUs up to net.MAX_RECEIVE_PDU are read)."""
+    if value != 0 and not 4096 <= value <= 131072:
+        raise click.BadParameter(f"{value} is not 0 (unlimited) or in the range 4096..131072", ctx, param)
+    return value
+
+
 @click.command("receive", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("port", type=click.IntRange(0, 65535), required=False)
 @click.version_option(__version__, "--version", prog_name="batchstore receive")
@@ -153,10 +160,11 @@ _SECONDS = click.FloatRange(min=0)
 @click.option(
     "-pdu",
     "--max-pdu",
-    type=click.IntRange(4096, 131072),
+    type=int,
     default=16384,
     show_default=True,
-    help="Set max receive PDU to N bytes (4096..131072).",
+    callback=lambda ctx, param, value: _pdu_or_unlimited(ctx, param, value),
+    help="Set max receive PDU to N bytes (4096..131072; batchstore also takes 0: unlimited).",
 )
 @click.option("-dhl", "--disable-host-lookup", is_flag=True, help="Disable hostname lookup.")
 @click.option("--refuse", is_flag=True, help="Refuse association.")
