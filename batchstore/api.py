@@ -63,6 +63,7 @@ class SendOptions:
     retry_wait: float = 1.0
     rename: bool = False  # +rn: append .done / .bad
     journal: str | None = None  # --journal: SQLite file; a rerun sends only what is not done
+    engine: str = "batchstore"  # --engine: "batchstore" (lean synchronous loop) or "pynetdicom"
 
 
 def default_workers() -> int:
@@ -233,6 +234,7 @@ def _send(
         abort_at_end=options.abort_at_end,
         retries=options.retries,
         retry_wait=options.retry_wait,
+        engine=options.engine,
     )
     batches = list(plan.batches) * max(1, options.repeat)
     if options.halt_on_failure and early:

@@ -74,6 +74,7 @@ class WorkerConfig:
     retries: int = 3
     retry_wait: float = 1.0
     verify: bool = True
+    engine: str = "batchstore"  # "batchstore" (StoreSCU, the lean loop) or "pynetdicom" (PynetdicomSCU)
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -138,7 +139,12 @@ class Worker:
             (pc.context_id, pc.abstract_syntax, tuple(pc.transfer_syntaxes))
             for pc in self.config.context_groups[group].contexts
         )
-        scu = StoreSCU(self.config.association, contexts)
+        if self.config.engine == "pynetdicom":
+            from .scu_pynetdicom import PynetdicomSCU
+
+            scu: StoreSCU = PynetdicomSCU(self.config.association, contexts)  # type: ignore[assignment]
+        else:
+            scu = StoreSCU(self.config.association, contexts)
         accept = scu.open()
         self.scu = scu
         self.group = group

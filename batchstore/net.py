@@ -7,6 +7,7 @@ algorithm on otherwise costs ~40 ms per C-STORE through delayed ACKs).
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import sys
@@ -109,6 +110,17 @@ class PDUStream:
         self._recv_into = sock.recv_into
         self.bytes_received = 0
         self.bytes_sent = 0
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        if self._poll is not None:
+            self._poll.register(sock, select.POLLIN)
+
+    def input_pending(self) -> bool:
+        """True when something (bytes, or the end of the connection) can be read without waiting."""
+        if self._buf:
+            return True
+        if self._poll is None:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        return bool(self._poll.poll(0))
 
     def settimeout(self, seconds: float | None) -> None:
         self.sock.settimeout(seconds if seconds else None)

@@ -139,7 +139,13 @@ class StoreSCU:
 
     @property
     def is_open(self) -> bool:
-        return self.stream is not None
+        """True while the association can carry the next message.
+
+        Between messages a Storage SCP has nothing to send: input waiting here is an A-ABORT, an
+        A-RELEASE-RQ or a closed connection (a peer's idle timeout), so the association is not reused
+        and no file's attempt is spent finding that out.
+        """
+        return self.stream is not None and not self.stream.input_pending()
 
     def accepted(self) -> dict[int, str]:
         """Accepted context ID -> transfer syntax."""

@@ -193,6 +193,14 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
     help="Base wait before a retry (s), exponential with jitter.",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["batchstore", "pynetdicom"]),
+    default="batchstore",
+    show_default=True,
+    help="Send path: batchstore (lean synchronous loop, fast) or pynetdicom (its full AE/Association, "
+    "the slower reference).",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal)."
 )
 @tls_options()
@@ -270,6 +278,7 @@ def command(ctx: click.Context, **kw: Any) -> None:
         retry_wait=float(kw["retry_wait"]),
         rename=bool(kw["rename"]),
         journal=kw["journal_path"],
+        engine=str(kw["engine"]),
     )
     show_progress = kw["progress"]
     if show_progress is None:
