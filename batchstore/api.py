@@ -19,8 +19,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import psutil
-
 from . import status as st
 from .acse import UserIdentity
 from .dispatch import Coordinator, WorkerConfig
@@ -68,6 +66,8 @@ class SendOptions:
 
 def default_workers() -> int:
     """One worker per CPU core (psutil's count, falling back to 1)."""
+    import psutil  # only when -j is not given
+
     return psutil.cpu_count(logical=True) or 1
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -192,8 +193,6 @@ class BatchstoreReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        import shutil
-
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
@@ -297,6 +296,7 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "work_base": _default_base() or tempfile.gettempdir(),
     }
 
 
@@ -306,8 +306,25 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+#: Where temporary work directories go: tmpfs when the machine has one. Every receiver (DCMTK's and
+#: batchstore's) then writes to memory: on this VM's ext4 a single file creation took from 100 to 500 us
+#: from one run to the next (strace -c of storescp and batchstore receive), which swamped the protocol
+#: costs the benchmarks compare. Set BATCHSTORE_PERF_DIR (or --work) to measure on a disk instead.
+def _default_base() -> str | None:
+    base = os.environ.get("BATCHSTORE_PERF_DIR")
+    if base:
+        return base
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 8 * 2**30:
+        return shm
+    return None
+
+
 def work_dir(work: str | None):
-    """A context manager yielding the work directory: ``work`` (kept) or a temporary one (removed)."""
+    """A context manager yielding the work directory: ``work`` (kept) or a temporary one (removed).
+
+    The temporary one is created on tmpfs when there is one with 8 GiB free (see `_default_base`).
+    """
     import contextlib
 
     if work:
@@ -317,7 +334,7 @@ def work_dir(work: str | None):
 
     @contextlib.contextmanager
     def _tmp():
-        with tempfile.TemporaryDirectory(prefix="bs-perf-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bs-perf-", dir=_default_base()) as tmp:
             yield Path(tmp)
 
     return _tmp()
