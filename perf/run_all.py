@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import bench_journal
 import bench_memory
 import bench_receive
 import bench_scaling
@@ -40,6 +41,7 @@ from common import RESULTS, ROOT, print_summary, summary_row, work_dir, write_js
 
 BENCHMARKS = {
     "send": bench_send.run,
+    "journal": bench_journal.run,
     "receive": bench_receive.run,
     "scaling": bench_scaling.run,
     "scan": bench_scan.run,

@@ -1,0 +1,104 @@
+"""Journal benchmark: what ``--journal`` costs on 5,000 x 1 KB files (target: at most 5 % of throughput).
+
+``batchstore send -j 2`` to ``storescp --fork`` (``TCP_NODELAY=1``), without and with a fresh ``--journal``,
+alternated ``--repeat`` times (medians). Every file is counted on arrival, and the journal must say all
+files are done. Run alone: ``python perf/bench_journal.py [--quick]``; writes ``perf/results/journal.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench_send import _batchstore, send_to_storescp
+from common import RESULTS, batchstore_env, make_corpus, summary_row, work_dir, write_json
+
+TARGET = 0.05  # at most 5 % slower with the journal
+
+
+def _done_in_journal(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(
+            db.execute("SELECT COUNT(*) FROM files WHERE category IN ('success', 'warning')").fetchone()[0]
+        )
+
+
+def run(work: Path, quick: bool = False, workers: int = 2, repeat: int = 5) -> dict[str, Any]:
+    count = 500 if quick else 5000
+    repeat = 1 if quick else repeat
+    corpus = make_corpus(work, "1k", count, 1024)
+    env = batchstore_env()
+    without: list[float] = []
+    with_journal: list[float] = []
+    for round_ in range(repeat):
+        without.append(
+            send_to_storescp(
+                lambda port: _batchstore(port, corpus, workers),
+                env,
+                work / "out-journal-off",
+                count,
+                peer_nodelay=True,
+                scp_args=[],
+            )
+        )
+        journal = work / f"journal-{round_}-{time.monotonic_ns()}.db"
+        with_journal.append(
+            send_to_storescp(
+                lambda port, journal=journal: _batchstore(port, corpus, workers, ["--journal", str(journal)]),
+                env,
+                work / "out-journal-on",
+                count,
+                peer_nodelay=True,
+                scp_args=[],
+            )
+        )
+        done = _done_in_journal(journal)
+        if done != count:
+            raise RuntimeError(f"the journal records {done} of {count} files as done")
+    off, on = statistics.median(without), statistics.median(with_journal)
+    overhead = on / off - 1
+    text = (
+        f"journal: {count} x 1 KB, batchstore send -j {workers} to storescp --fork\n"
+        f"  without --journal {off:.2f} s, with {on:.2f} s: {overhead * 100:+.1f} % "
+        f"(medians of {repeat}; runs {without} / {with_journal})"
+    )
+    print(text, flush=True)
+    return {
+        "summary": [
+            summary_row(
+                f"journal overhead, send 1 KB -j {workers}",
+                files=count,
+                batchstore_s=on,
+                result=f"{overhead * 100:+.1f} %",
+                target=f"<= {TARGET * 100:.0f} %",
+                met=overhead <= TARGET,
+                note=f"without --journal {off:.2f} s",
+            )
+        ],
+        "details": {"without_s": without, "with_s": with_journal, "overhead": round(overhead, 4)},
+        "table": text,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--work", help="work directory (kept; default: a temporary one)")
+    parser.add_argument("--json", default=str(RESULTS / "journal.json"))
+    args = parser.parse_args()
+    with work_dir(args.work) as work:
+        result = run(work, args.quick, repeat=args.repeat)
+    write_json(Path(args.json), {"benchmark": "journal", "quick": args.quick, **result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
