@@ -194,18 +194,7 @@ def _send(
     report.context_groups = len(plan.context_groups)
     report.contexts_proposed = sum(len(g.contexts) for g in plan.context_groups)
     early = [_failure_outcome(f) for f in failures]
-    early += [
-        Outcome(
-            path=inst.path,
-            sop_class_uid=inst.sop_class_uid,
-            sop_instance_uid=inst.sop_instance_uid,
-            original_ts=inst.transfer_syntax,
-            category=st.PERMANENT,
-            error=reason,
-            size=inst.size,
-        )
-        for inst, reason in plan.unplannable
-    ]
+    early += [Outcome.of(inst, st.PERMANENT, reason) for inst, reason in plan.unplannable]
     report.outcomes.extend(early)
     if on_outcomes and early:
         on_outcomes(early)
@@ -241,17 +230,7 @@ def _send(
         report.halted = True
         batches = []
         report.outcomes.extend(
-            Outcome(
-                path=i.path,
-                sop_class_uid=i.sop_class_uid,
-                sop_instance_uid=i.sop_instance_uid,
-                original_ts=i.transfer_syntax,
-                category=st.NOT_SENT,
-                error="not sent: run halted",
-                size=i.size,
-            )
-            for b in plan.batches
-            for i in b.instances
+            Outcome.of(i, st.NOT_SENT, "not sent: run halted") for b in plan.batches for i in b.instances
         )
     coordinator = Coordinator(batches, options.workers or default_workers(), config, report, on_outcomes)
     coordinator.run()

@@ -198,16 +198,7 @@ class Worker:
         self.flush()
 
     def _outcome(self, inst, category: str, **kw) -> Outcome:  # type: ignore[no-untyped-def]
-        return Outcome(
-            path=inst.path,
-            sop_class_uid=inst.sop_class_uid,
-            sop_instance_uid=kw.pop("sop_instance_uid", inst.sop_instance_uid),
-            original_ts=inst.transfer_syntax,
-            category=category,
-            worker=self.id,
-            size=inst.size,
-            **kw,
-        )
+        return Outcome.of(inst, category, worker=self.id, **kw)
 
     def send_one(self, batch: Batch, inst, index: int) -> Outcome:  # type: ignore[no-untyped-def]
         config = self.config
@@ -515,18 +506,7 @@ class Coordinator:
     def _fail_batch(self, wid: int, batch: Batch, category: str, error: str, attempts: int) -> None:
         log.warning("worker %d: cannot associate (%s); %d file(s) failed", wid, error, len(batch.instances))
         failed = [
-            Outcome(
-                path=inst.path,
-                sop_class_uid=inst.sop_class_uid,
-                sop_instance_uid=inst.sop_instance_uid,
-                original_ts=inst.transfer_syntax,
-                category=category,
-                error=error,
-                attempts=attempts,
-                worker=wid,
-                size=inst.size,
-            )
-            for inst in batch.instances
+            Outcome.of(inst, category, error, attempts=attempts, worker=wid) for inst in batch.instances
         ]
         self._record(wid, failed, count_retries=False)
 
@@ -727,17 +707,7 @@ class Coordinator:
             while queue:
                 batch, _ = queue.popleft()
                 for inst in batch.instances:
-                    unsent.append(
-                        Outcome(
-                            path=inst.path,
-                            sop_class_uid=inst.sop_class_uid,
-                            sop_instance_uid=inst.sop_instance_uid,
-                            original_ts=inst.transfer_syntax,
-                            category=st.NOT_SENT,
-                            error=reason,
-                            size=inst.size,
-                        )
-                    )
+                    unsent.append(Outcome.of(inst, st.NOT_SENT, reason))
         if unsent:
             self.report.outcomes.extend(unsent)
             if self.on_outcomes:

@@ -23,8 +23,12 @@ import os
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from .status import NOT_SENT, PERMANENT, SUCCESS, TRANSIENT, WARNING
+
+if TYPE_CHECKING:
+    from .scan import Instance
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -58,6 +62,20 @@ class Outcome:
     @property
     def delivered(self) -> bool:
         return self.category in (SUCCESS, WARNING)
+
+    @classmethod
+    def of(cls, inst: Instance, category: str, error: str = "", **fields: Any) -> Outcome:
+        """The record of scanned file `inst` with `category`, `error` and any other `fields`."""
+        fields.setdefault("sop_instance_uid", inst.sop_instance_uid)
+        return cls(
+            path=inst.path,
+            sop_class_uid=inst.sop_class_uid,
+            original_ts=inst.transfer_syntax,
+            category=category,
+            error=error,
+            size=inst.size,
+            **fields,
+        )
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,41 @@ def logging_options(fn: Callable) -> Callable:
     return fn
 
 
+def input_options(fn: Callable) -> Callable:
+    """storescu's input options: read mode ``+f +fo -f`` and directory scanning ``+sd +sp +r -r``."""
+    for decorator in reversed(
+        [
+            click.option(
+                "+f",
+                "--read-file",
+                "read_mode",
+                flag_value="auto",
+                default=True,
+                help="Read file format or data set (default).",
+            ),
+            click.option(
+                "+fo", "--read-file-only", "read_mode", flag_value="file-only", help="Read file format only."
+            ),
+            click.option(
+                "-f",
+                "--read-dataset",
+                "read_mode",
+                flag_value="dataset",
+                help="Read data set without file meta information.",
+            ),
+            click.option("+sd", "--scan-directories", is_flag=True, help="Scan directories for input files."),
+            click.option(
+                "+sp", "--scan-pattern", metavar="PATTERN", help="Pattern for file name matching (with +sd)."
+            ),
+            click.option(
+                "+r/-r", "--recurse/--no-recurse", default=False, help="Recurse within specified directories."
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
 def setup_logging(
     quiet: bool,
     verbose: bool,

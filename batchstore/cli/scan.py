@@ -13,32 +13,14 @@ from ..api import SendOptions, plan_run
 from ..plan import PlanOptions
 from ..report import EXIT_NO_INPUT, EXIT_OK
 from ..uids import STORAGE_SOP_CLASSES, ts_name
-from .common import logging_options, setup_logging
+from .common import input_options, logging_options, setup_logging
 from .send import PROPOSAL_OPTIONS
 
 
 @click.command("scan", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("paths", nargs=-1, required=True)
 @logging_options
-@click.option(
-    "+f",
-    "--read-file",
-    "read_mode",
-    flag_value="auto",
-    default=True,
-    help="Read file format or data set (default).",
-)
-@click.option("+fo", "--read-file-only", "read_mode", flag_value="file-only", help="Read file format only.")
-@click.option(
-    "-f",
-    "--read-dataset",
-    "read_mode",
-    flag_value="dataset",
-    help="Read data set without file meta information.",
-)
-@click.option("+sd", "--scan-directories", is_flag=True, help="Scan directories for input files.")
-@click.option("+sp", "--scan-pattern", metavar="PATTERN", help="Pattern for file name matching (with +sd).")
-@click.option("+r/-r", "--recurse/--no-recurse", default=False, help="Recurse within specified directories.")
+@input_options
 @click.option(
     "--propose-uncompr", "proposal", flag_value="uncompr", default=True, help="-x=: default proposal."
 )

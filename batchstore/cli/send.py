@@ -18,7 +18,7 @@ from ..plan import PlanOptions
 from ..report import EXIT_ERROR, EXIT_INTERRUPTED
 from ..transcode import EditOptions
 from ..uids import PROPOSAL_FLAGS
-from .common import logging_options, setup_logging, tls_options
+from .common import input_options, logging_options, setup_logging, tls_options
 from .progress import Progress
 
 log = logging.getLogger("batchstore")
@@ -50,25 +50,7 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
 @logging_options
 @click.option("+v", "--verbose-pc", is_flag=True, help="Show presentation contexts in verbose mode.")
 # input options
-@click.option(
-    "+f",
-    "--read-file",
-    "read_mode",
-    flag_value="auto",
-    default=True,
-    help="Read file format or data set (default).",
-)
-@click.option("+fo", "--read-file-only", "read_mode", flag_value="file-only", help="Read file format only.")
-@click.option(
-    "-f",
-    "--read-dataset",
-    "read_mode",
-    flag_value="dataset",
-    help="Read data set without file meta information.",
-)
-@click.option("+sd", "--scan-directories", is_flag=True, help="Scan directories for input files.")
-@click.option("+sp", "--scan-pattern", metavar="PATTERN", help="Pattern for file name matching (with +sd).")
-@click.option("+r/-r", "--recurse/--no-recurse", default=False, help="Recurse within specified directories.")
+@input_options
 @click.option("+rn/-rn", "--rename/--no-rename", default=False, help="Append .done/.bad to processed files.")
 # network options
 @click.option("-i4", "--ipv4", "family", flag_value="4", default=True, help="Use IPv4 only (default).")
