@@ -322,3 +322,24 @@ def test_read_modes_bare_data_sets(tmp_path: Path) -> None:
         received = scp.wait_files(3, timeout=30)
         assert set(received) == set(uids)
         assert pydicom.dcmread(received[uids[0]]).PatientName == "BARE^DATASET"
+
+
+def test_config_file_profile_and_repeat(tmp_path: Path) -> None:
+    """-xf with DCMTK's own storescu.cfg profile decides the contexts; --repeat 2 sends every file twice."""
+    from scripted_scp import ScriptedSCP
+
+    manifest = generate(str(tmp_path / "c"), 10, seed=41, profile="uniform", size=2048)
+    cfg = Path("/etc/dcmtk/storescu.cfg")
+    if not cfg.exists():
+        pytest.skip("DCMTK's storescu.cfg is not installed")
+    with ScriptedSCP(lambda n, uid: 0) as scp:
+        proc = run_send("-xf", str(cfg), "Default", "--repeat", "2", "-j", "1", "+sd", "+r",
+                        "127.0.0.1", str(scp.port), str(tmp_path / "c"))
+    assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
+    uids = sorted(f["sop_instance_uid"] for f in manifest["files"])
+    assert sorted(scp.stored) == sorted(uids * 2)
+    with DcmtkStorescp(["+xa"]) as dcm:
+        bad = run_send("-xf", str(cfg), "NoSuchProfile", "127.0.0.1", str(dcm.port), str(tmp_path / "c"))
+        mixed = run_send("-xf", str(cfg), "Default", "-xs", "127.0.0.1", str(dcm.port), str(tmp_path / "c"))
+    assert bad.returncode == EXIT_USAGE and "NoSuchProfile" in bad.stderr
+    assert mixed.returncode == EXIT_USAGE and "config-file" in mixed.stderr
