@@ -56,3 +56,21 @@ def test_send_to_receive_at_extreme_peer_pdu(tmp_path: Path, pdu: str) -> None:
     got = received_index(rx.out)
     for f in manifest["files"]:
         assert dataset_bytes(got[f["sop_instance_uid"]]) == dataset_bytes(tmp_path / "c" / f["path"])
+
+
+def test_dcmsend_into_receive(tmp_path: Path) -> None:
+    """DCMTK's dcmsend (a different sender from storescu: it decompresses and proposes per file) into receive."""
+    from peers import DCMTK_DCMSEND, dcmtk_env
+
+    manifest = generate(str(tmp_path / "c"), 40, seed=33, profile="uniform", size=4096)
+    with Receiver(tmp_path, ["+xa"]) as rx:
+        proc = subprocess.run(
+            [DCMTK_DCMSEND, "+sd", "+r", "127.0.0.1", str(rx.port), str(tmp_path / "c")],
+            capture_output=True, text=True, timeout=120, env=dcmtk_env(),
+        )
+        assert rx.stop() == 0
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = received_index(rx.out)
+    assert set(got) == {f["sop_instance_uid"] for f in manifest["files"]}
+    for f in manifest["files"]:
+        assert dataset_bytes(got[f["sop_instance_uid"]]) == dataset_bytes(tmp_path / "c" / f["path"])
