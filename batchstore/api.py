@@ -18,16 +18,19 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import status as st
 from .acse import UserIdentity
 from .dispatch import Coordinator, WorkerConfig
-from .journal import Journal, JournalReport
 from .plan import Plan, PlanOptions, make_plan
 from .report import Outcome, Report
 from .scan import Instance, ScanFailure, scan
 from .scu import AssociationOptions
 from .transcode import EditOptions
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 log = logging.getLogger("batchstore")
 
@@ -146,6 +149,8 @@ def send(
     started = time.perf_counter()
     journal: Journal | None = None
     if options.journal:
+        from .journal import Journal  # sqlite3 only with --journal
+
         journal = Journal(options.journal)
         journal.begin_run(f"{options.called_ae}@{host}:{port}")
     try:
@@ -180,6 +185,8 @@ def _send(
         on_plan(plan, failures)
     report: Report
     if journal is not None:
+        from .journal import JournalReport
+
         report = JournalReport(journal_path=journal.path, already_done=scanned - len(_instances))
         user_callback = on_outcomes
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -167,6 +166,8 @@ class Report:
     def write(self, path: str) -> None:
         """Write the per-file report as JSON (``.json``) or CSV (anything else), atomically."""
         directory = os.path.dirname(os.path.abspath(path))
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix=".report-", dir=directory)
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:

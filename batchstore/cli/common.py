@@ -5,7 +5,6 @@ recognised but refused until TLS is implemented.
 from __future__ import annotations
 
 import logging
-import logging.config
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -172,7 +171,9 @@ def setup_logging(
     if log_level:
         level = LOG_LEVELS[log_level.lower()]
     if log_config:
-        logging.config.fileConfig(log_config, disable_existing_loggers=False)
+        from logging import config as logging_config  # only with -lc
+
+        logging_config.fileConfig(log_config, disable_existing_loggers=False)
     else:
         logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("batchstore").setLevel(level)
