@@ -1,9 +1,11 @@
 """A scripted Storage SCP for protocol edge cases: answers each C-STORE-RQ with the status a test chooses.
 
 It speaks the upper layer protocol through batchstore's own `net`/`acse`/`dimse` modules but decides
-nothing by itself: `policy(n, sop_instance_uid)` returns the status of the n-th C-STORE (1-based, counted
-across associations), or ``"abort"`` to send an A-ABORT instead of a response. It runs in a thread of the
-test process, on 127.0.0.1 and port 0.
+nothing by itself: `policy(n, sop_instance_uid)` returns the status of the n-th answered C-STORE (1-based,
+counted across associations), ``"abort"`` to send an A-ABORT instead of a response, or ``"abort-after"``
+to answer 0x0000 and then abort the now idle association. With `abort_during=k` it aborts at the first
+data set fragment of the k-th C-STORE-RQ it receives, while the sender is still sending. It runs in a
+thread of the test process, on 127.0.0.1 and port 0; use it as a context manager.
 """
 
 from __future__ import annotations
@@ -27,18 +29,26 @@ from batchstore.net import (
 Policy = Callable[[int, str], "int | str"]
 
 
+class _Aborted(OSError):
+    """This SCP aborted the association on purpose."""
+
+
 class ScriptedSCP:
     """Context manager: ``with ScriptedSCP(lambda n, uid: 0xA700 if n <= 2 else 0) as scp: ... scp.port``."""
 
-    def __init__(self, policy: Policy, max_pdu: int = 16384) -> None:
+    def __init__(self, policy: Policy = lambda n, uid: 0, max_pdu: int = 16384, abort_during: int = 0) -> None:
         self.policy = policy
         self.max_pdu = max_pdu
+        self.abort_during = abort_during
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
-        self.count = 0
+        self.count = 0  # C-STORE-RQs answered (or aborted by the policy)
+        self.requests = 0  # C-STORE-RQs received
         self.stored: list[str] = []  # SOP Instance UIDs answered with success/warning
+        self.data: dict[str, bytes] = {}  # SOP Instance UID -> data set bytes received, for stored ones
+        self.aborted_uid = ""  # the C-STORE `abort_during` cut short
         self.associations = 0
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -71,6 +81,8 @@ class ScriptedSCP:
             with self._lock:
                 self.associations += 1
             command = b""
+            data = bytearray()
+            request_number = 0
             while True:
                 pdu_type, body = stream.read_pdu()
                 if pdu_type == A_RELEASE_RQ:
@@ -83,16 +95,27 @@ class ScriptedSCP:
                         if control & 2:
                             cmd = dimse.decode_command(command)
                             command = b""
+                            data = bytearray()
                             if not cmd.data_set_present:
-                                self._answer(stream, ctx, cmd)
-                    elif control & 2:  # last data set fragment: answer
-                        self._answer(stream, ctx, cmd)
+                                self._answer(stream, ctx, cmd, b"")
+                            else:
+                                with self._lock:
+                                    self.requests += 1
+                                    request_number = self.requests
+                        continue
+                    if request_number == self.abort_during:
+                        self.aborted_uid = cmd.sop_instance_uid
+                        stream.abort()  # mid-data-set: the sender is still sending
+                        raise _Aborted("scripted abort during a data set")
+                    data += fragment
+                    if control & 2:  # last data set fragment: answer
+                        self._answer(stream, ctx, cmd, bytes(data))
         except (OSError, AssertionError):
             pass
         finally:
             stream.close()
 
-    def _answer(self, stream: PDUStream, ctx: int, cmd: dimse.Command) -> None:
+    def _answer(self, stream: PDUStream, ctx: int, cmd: dimse.Command, data: bytes) -> None:
         if cmd.command_field == dimse.C_ECHO_RQ:
             stream.send_parts(pdata_parts(ctx, dimse.c_echo_rsp(cmd.message_id), True, 0))
             return
@@ -102,10 +125,17 @@ class ScriptedSCP:
         status = self.policy(n, cmd.sop_instance_uid)
         if status == "abort":
             stream.abort()
-            raise OSError("scripted abort")
+            raise _Aborted("scripted abort before the response")
+        abort_after = status == "abort-after"
+        if abort_after:
+            status = 0
         assert isinstance(status, int)
         if status == 0 or (status & 0xF000) == 0xB000:
             with self._lock:
                 self.stored.append(cmd.sop_instance_uid)
+                self.data[cmd.sop_instance_uid] = data
         rsp = dimse.c_store_rsp(cmd.message_id, cmd.sop_class_uid, cmd.sop_instance_uid, status)
         stream.send_parts(pdata_parts(ctx, rsp, True, 0))
+        if abort_after:
+            stream.abort()  # between messages: the association is idle
+            raise _Aborted("scripted abort after the response")

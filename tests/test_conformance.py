@@ -40,7 +40,7 @@ from scripted_scp import ScriptedSCP
 from test_receive_helpers import Receiver, wait_for
 
 import batchstore
-from batchstore import acse, dimse, net
+from batchstore import acse
 from batchstore import status as st
 from batchstore.report import (
     EXIT_NOTHING_SENT,
@@ -310,96 +310,15 @@ def test_to_orthanc(engine: str, orthanc_server: Orthanc, tmp_path: Path) -> Non
 # A-ABORT from the peer mid-data-set
 
 
-class AbortingSCP:
-    """A Storage SCP that sends A-ABORT at its `abort_during`-th C-STORE-RQ (counted across associations)
-    on the first data set PDV, while the sender is still sending; or, with `abort_after`, right after its
-    C-STORE-RSP to that request, leaving the sender an association that is already gone. Every data set it
-    receives whole it answers 0x0000."""
-
-    def __init__(self, abort_during: int = 0, abort_after: int = 0, max_pdu: int = 16384) -> None:
-        self.abort_during = abort_during
-        self.abort_after = abort_after
-        self.max_pdu = max_pdu
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.requests = 0
-        self.associations = 0
-        self.aborted_uid = ""
-        self.stored: list[str] = []
-        self.data: dict[str, bytes] = {}
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._association, args=(conn,), daemon=True).start()
-
-    def _association(self, conn: socket.socket) -> None:
-        stream = net.PDUStream(conn)
-        try:
-            _type, body = stream.read_pdu()
-            request, _ = acse.decode_request(body)
-            results = {cid: (acse.PC_ACCEPTANCE, ts[0]) for cid, _abstract, ts in request.contexts}
-            stream.pdu(net.A_ASSOCIATE_AC, acse.encode_accept(request, results, self.max_pdu))
-            self.associations += 1
-            command, data, cmd = b"", b"", None
-            while True:
-                pdu_type, body = stream.read_pdu()
-                if pdu_type == net.A_RELEASE_RQ:
-                    stream.pdu(net.A_RELEASE_RP, bytes(4))
-                    return
-                for ctx, control, fragment in net.iter_pdvs(body):
-                    if control & 1:
-                        command += bytes(fragment)
-                        if control & 2:
-                            cmd, command, data = dimse.decode_command(command), b"", b""
-                            self.requests += 1
-                            if cmd.command_field == dimse.C_ECHO_RQ:
-                                rsp = dimse.c_echo_rsp(cmd.message_id)
-                                stream.send_parts(net.pdata_parts(ctx, rsp, True, 0))
-                        continue
-                    assert cmd is not None
-                    if self.requests == self.abort_during:
-                        self.aborted_uid = cmd.sop_instance_uid
-                        stream.abort(0, 0)  # service user, mid-data-set
-                        return
-                    data += bytes(fragment)
-                    if control & 2:
-                        self.stored.append(cmd.sop_instance_uid)
-                        self.data[cmd.sop_instance_uid] = data
-                        rsp = dimse.c_store_rsp(cmd.message_id, cmd.sop_class_uid, cmd.sop_instance_uid, 0)
-                        stream.send_parts(net.pdata_parts(ctx, rsp, True, 0))
-                        if self.requests == self.abort_after:
-                            stream.abort(0, 0)  # between messages: the association is idle
-                            return
-        except (OSError, AssertionError):
-            pass
-        finally:
-            stream.close()
-
-
 @pytest.mark.parametrize("which", ["gathered", "streamed"])
 def test_peer_abort_mid_data_set_fails_one_file_and_the_rest_go_on_a_new_association(
     small: Corpus, corpus: Corpus, engine: str, which: str
 ) -> None:
     """200 KB data sets (batchstore: one gather write) and 5 MiB ones (batchstore: streamed in chunks)."""
-    if which == "gathered":
-        root, scp = small.root, AbortingSCP(abort_during=2)
-    else:
-        root, scp = corpus.root / "big", AbortingSCP(abort_during=1)
+    root, abort_during = (small.root, 2) if which == "gathered" else (corpus.root / "big", 1)
     uids = {r["sop_instance_uid"]: r for r in corpus.files + small.files}
-    try:
+    with ScriptedSCP(abort_during=abort_during) as scp:
         report = send(root, scp.port, engine, retries=0, halt_on_failure=False)
-    finally:
-        scp.close()
     assert report.exit_code() == EXIT_SOME_FAILED_RETRYABLE
     failed = [o for o in report.outcomes if not o.delivered]
     assert [o.sop_instance_uid for o in failed] == [scp.aborted_uid]
@@ -414,11 +333,8 @@ def test_peer_abort_mid_data_set_fails_one_file_and_the_rest_go_on_a_new_associa
 
 
 def test_peer_abort_mid_data_set_is_retried(small: Corpus, engine: str) -> None:
-    scp = AbortingSCP(abort_during=3)
-    try:
+    with ScriptedSCP(abort_during=3) as scp:
         report = send(small.root, scp.port, engine, retries=2)
-    finally:
-        scp.close()
     assert_all_delivered(report, len(small.files))
     assert report.retries == 1
     assert sorted(scp.stored) == sorted(small.uids())
@@ -429,26 +345,20 @@ def test_peer_abort_mid_data_set_is_retried(small: Corpus, engine: str) -> None:
 def test_association_aborted_while_idle_is_not_reused(kind: str, small: Corpus) -> None:
     """An A-ABORT that arrives between messages (a peer's idle timeout) closes the association for the
     SCU: ``is_open`` turns False, so the worker re-associates instead of spending a file's attempt."""
-    scp = AbortingSCP(abort_after=1)
     path = small.path(small.files[0])
     offset = len(path.read_bytes()) - len(dataset_bytes(path))
-    try:
+    with ScriptedSCP(lambda n, uid: "abort-after" if n == 1 else 0) as scp:
         scu = SCU_CLASSES[kind](AssociationOptions("127.0.0.1", scp.port), ((1, CT, (EXPLICIT_LE,)),))
         scu.open()
         rsp = scu.store_file(1, CT, small.files[0]["sop_instance_uid"], str(path), offset)
         assert rsp.status == 0
         assert wait_for(lambda: not scu.is_open, timeout=2), "an aborted association still looks open"
         scu.close()
-    finally:
-        scp.close()
 
 
 def test_peer_abort_between_data_sets_costs_no_file(small: Corpus, engine: str) -> None:
-    scp = AbortingSCP(abort_after=2)
-    try:
+    with ScriptedSCP(lambda n, uid: "abort-after" if n == 2 else 0) as scp:
         report = send(small.root, scp.port, engine, retries=0, halt_on_failure=False)
-    finally:
-        scp.close()
     assert_all_delivered(report, len(small.files))
     assert scp.associations == len(report.associations) == 2
     assert sorted(scp.stored) == sorted(small.uids())
