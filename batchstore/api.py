@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from . import status as st
@@ -101,8 +101,6 @@ def plan_run(
     plan_options = options.plan
     size = options.batch_size or auto_batch_size(len(instances) * max(1, options.repeat), workers)
     if plan_options.batch_size != size:
-        from dataclasses import replace
-
         plan_options = replace(plan_options, batch_size=size)
     return make_plan(instances, plan_options), instances, failures
 
@@ -143,8 +141,6 @@ def send(
         the journal (and unchanged since) are not sent, only counted (``already_done``); every outcome is
         journaled as it arrives, so a run killed at any point resumes where it stopped.
     """
-    from dataclasses import replace
-
     options = replace(options or SendOptions(), **overrides)  # type: ignore[arg-type]
     started = time.perf_counter()
     journal: Journal | None = None
@@ -170,8 +166,6 @@ def _send(
     on_outcomes: Callable[[list[Outcome]], None] | None,
     on_plan: Callable[[Plan, list[ScanFailure]], None] | None,
 ) -> Report:
-    from dataclasses import replace
-
     scanned = 0
 
     def select(instances: list[Instance], failures: list[ScanFailure]) -> list[Instance]:
