@@ -157,18 +157,18 @@ def encode_request(request: AssociationRequest) -> bytes:
     return header + b"".join(items)
 
 
-def _iter_items(data: bytes, offset: int, end: int) -> list[tuple[int, bytes]]:
+def _iter_items(data: bytes | bytearray, offset: int, end: int) -> list[tuple[int, bytes]]:
     out = []
     while offset + 4 <= end:
         item_type, length = struct.unpack_from(">BxH", data, offset)
         if offset + 4 + length > end:
             raise ProtocolError(f"item 0x{item_type:02X} runs past the end of the PDU")
-        out.append((item_type, data[offset + 4 : offset + 4 + length]))
+        out.append((item_type, bytes(data[offset + 4 : offset + 4 + length])))
         offset += 4 + length
     return out
 
 
-def decode_accept(body: bytes) -> AssociationAccept:
+def decode_accept(body: bytes | bytearray) -> AssociationAccept:
     """Decode the body of an A-ASSOCIATE-AC PDU (PS3.8 9.3.3).
 
     Raises
@@ -201,7 +201,7 @@ def decode_accept(body: bytes) -> AssociationAccept:
     return accept
 
 
-def decode_reject(body: bytes) -> AssociationRejected:
+def decode_reject(body: bytes | bytearray) -> AssociationRejected:
     """Decode the body of an A-ASSOCIATE-RJ PDU into the exception that describes it."""
     if len(body) < 4:
         raise ProtocolError("short A-ASSOCIATE-RJ")

@@ -94,6 +94,8 @@ class Worker:
         self.config = config
         self.scu: StoreSCU | None = None
         self.group = -1
+        # (SOP class, file syntax) -> choose_context's answer on the current association
+        self._choices: dict[tuple[str, str], tuple[int, str, str] | None] = {}
         self.local_assoc = 0
         self.halted = False
         self._buffer: list[Outcome] = []
@@ -159,6 +161,7 @@ class Worker:
         accept = scu.open()
         self.scu = scu
         self.group = group
+        self._choices = {}
         self.local_assoc += 1
         self.conn.send(
             (
@@ -210,7 +213,7 @@ class Worker:
                 and inst.transfer_syntax != DEFLATED_EXPLICIT_VR_LE
             ):
                 try:
-                    data = read_dataset_bytes(inst.path, inst.data_offset)
+                    data = read_dataset_bytes(inst.path, inst.data_offset, inst.size - inst.data_offset)
                 except OSError as exc:
                     return self._outcome(inst, st.PERMANENT, error=f"cannot read: {exc.strerror or exc}")
                 reason = verify_bytes(data, inst.transfer_syntax)
@@ -236,8 +239,12 @@ class Worker:
                     attempts=attempts,
                     duration_ms=(time.perf_counter() - start) * 1000,
                 )
-            group = config.context_groups[batch.context_group]
-            choice = choose_context(group, inst.sop_class_uid, inst.transfer_syntax, scu.accepted())
+            key = (inst.sop_class_uid, inst.transfer_syntax)
+            try:
+                choice = self._choices[key]
+            except KeyError:
+                group = config.context_groups[batch.context_group]
+                choice = self._choices[key] = choose_context(group, *key, scu.accepted())
             if choice is None:
                 return self._outcome(
                     inst,
@@ -451,10 +458,12 @@ class Coordinator:
                     pass
 
     def _record(self, wid: int, outcomes: list[Outcome], count_retries: bool = True) -> None:
-        fixed = []
+        # Outcomes arrive unpickled, so they are this process's own: number their associations in place.
+        numbers = self.assoc_numbers
         for o in outcomes:
-            number = self.assoc_numbers.get((wid, o.association), 0) if o.association else 0
-            fixed.append(replace(o, association=number))
+            if o.association:
+                o.association = numbers.get((wid, o.association), 0)
+        fixed = outcomes
         self.report.outcomes.extend(fixed)
         if count_retries:
             self.report.retries += sum(max(0, o.attempts - 1) for o in fixed)

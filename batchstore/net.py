@@ -11,6 +11,7 @@ import select
 import socket
 import struct
 import sys
+from collections.abc import Sequence
 
 # PDU types (PS3.8 section 9.3)
 A_ASSOCIATE_RQ = 0x01
@@ -32,7 +33,7 @@ PDU_NAMES = {
 }
 
 _HEADER = struct.Struct(">BxL")
-_PDV_HEADER = struct.Struct(">BxLLBB")  # PDU type, PDU length, PDV item length, context ID, control
+PDV_HEADER = struct.Struct(">BxLLBB")  # PDU type, PDU length, PDV item length, context ID, control
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12 if sys.platform.startswith("linux") else None)
 
 #: A sanity bound on a single received PDU: larger is treated as a protocol error, not allocated.
@@ -80,7 +81,10 @@ def connect(host: str, port: int, timeout: float | None, family: int = socket.AF
         ``AF_INET`` (``-i4``), ``AF_INET6`` (``-i6``) or ``AF_UNSPEC`` (``-i0``).
     """
     last_error: OSError | None = None
-    for af, kind, proto, _name, address in socket.getaddrinfo(host, port, family, socket.SOCK_STREAM):
+    # An ASCII name goes to getaddrinfo as bytes: a str is IDNA-encoded first, and importing that codec
+    # costs every worker process ~7 ms.
+    name: str | bytes = host.encode("ascii") if host.isascii() else host
+    for af, kind, proto, _name, address in socket.getaddrinfo(name, port, family, socket.SOCK_STREAM):
         sock = socket.socket(af, kind, proto)
         try:
             sock.settimeout(timeout)
@@ -94,49 +98,68 @@ def connect(host: str, port: int, timeout: float | None, family: int = socket.AF
     raise last_error or OSError(f"cannot resolve {host}")
 
 
-class PDUStream:
-    """Reads and writes whole PDUs on a connected socket.
+#: Receive buffer of a `PDUReader`: a C-STORE-RSP, a command set or a small data set's PDUs arrive in
+#: one ``recv_into``; a larger PDU is received straight into a buffer of its own.
+RECV_BUFFER = 1 << 18
 
-    Parameters
-    ----------
-    sock : socket.socket
-        A connected socket; `tune_socket` is applied to it.
+
+def set_socket_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Bound every blocking receive and send on `sock` (``SO_RCVTIMEO``/``SO_SNDTIMEO``, as DCMTK's -ts).
+
+    Kernel-side timeouts keep one system call per receive and per send, where Python's
+    `socket.settimeout` adds a ``poll`` before each of them: two of the ~8 system calls of a 1 KB
+    C-STORE. An expired timeout surfaces as `TimeoutError` from `PDUReader` and `PDUStream`.
+    Where the platform refuses the options, Python's own timeout is used instead.
+    """
+    sock.settimeout(None)
+    whole = int(seconds or 0)
+    value = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1e6))
+    try:
+        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+            sock.setsockopt(socket.SOL_SOCKET, option, value)
+    except (OSError, AttributeError):
+        sock.settimeout(seconds if seconds else None)
+
+
+class PDUReader:
+    """Reads whole PDUs from a socket with as few system calls and copies as possible.
+
+    Small PDUs are cut out of one receive buffer; a PDU larger than what is buffered is received straight
+    into its own ``bytearray``. Bodies are never reused, so fragments may be kept by the caller.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        tune_socket(sock)
-        self._buf = bytearray()
-        self._recv_into = sock.recv_into
+        self._buf = bytearray(RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
         self.bytes_received = 0
-        self.bytes_sent = 0
-        self._poll = select.poll() if hasattr(select, "poll") else None
-        if self._poll is not None:
-            self._poll.register(sock, select.POLLIN)
 
-    def input_pending(self) -> bool:
-        """True when something (bytes, or the end of the connection) can be read without waiting."""
-        if self._buf:
-            return True
-        if self._poll is None:
-            return bool(select.select([self.sock], [], [], 0)[0])
-        return bool(self._poll.poll(0))
+    def pending(self) -> bool:
+        """True when bytes of a next PDU are already buffered."""
+        return self._end > self._start
 
-    def settimeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds if seconds else None)
+    def _recv(self, view: memoryview) -> int:
+        try:
+            n = self.sock.recv_into(view)
+        except BlockingIOError:  # SO_RCVTIMEO expired
+            raise TimeoutError("timeout while waiting for data from the peer") from None
+        if n == 0:
+            raise ConnectionResetError("connection closed by peer")
+        quickack(self.sock)
+        self.bytes_received += n
+        return n
 
     def _fill(self, need: int) -> None:
-        buf = self._buf
-        while len(buf) < need:
-            chunk = bytearray(max(65536, need - len(buf)))
-            n = self._recv_into(chunk)
-            if n == 0:
-                raise ConnectionResetError("connection closed by peer")
-            quickack(self.sock)
-            buf += memoryview(chunk)[:n]
-            self.bytes_received += n
+        start, end = self._start, self._end
+        if start:
+            self._buf[: end - start] = self._view[start:end]
+            self._start, self._end = 0, end - start
+        while self._end - self._start < need:
+            self._end += self._recv(self._view[self._end :])
 
-    def read_pdu(self) -> tuple[int, bytes]:
+    def read_pdu(self) -> tuple[int, bytes | bytearray]:
         """Return the next PDU as (type, body), body without the 6-byte header.
 
         Raises
@@ -145,46 +168,105 @@ class PDUStream:
             If the PDU is an A-ABORT.
         ConnectionResetError
             If the peer closes the connection.
+        TimeoutError
+            If the socket's timeout expires first.
         ProtocolError
             For an unknown PDU type or an implausible length.
         """
-        self._fill(6)
-        pdu_type, length = _HEADER.unpack_from(self._buf, 0)
+        if self._end - self._start < 6:
+            self._fill(6)
+        start = self._start
+        pdu_type, length = _HEADER.unpack_from(self._buf, start)
         if pdu_type not in PDU_NAMES:
             raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
         if length > MAX_RECEIVE_PDU:
             raise ProtocolError(f"PDU length {length} exceeds {MAX_RECEIVE_PDU}")
-        self._fill(6 + length)
-        body = bytes(self._buf[6 : 6 + length])
-        del self._buf[: 6 + length]
+        stop = start + 6 + length
+        body: bytes | bytearray
+        if stop <= self._end:
+            body = bytes(self._view[start + 6 : stop])
+            if stop == self._end:
+                self._start = self._end = 0
+            else:
+                self._start = stop
+        else:
+            have = self._end - start - 6
+            body = bytearray(length)
+            body[:have] = self._view[start + 6 : self._end]
+            self._start = self._end = 0
+            view = memoryview(body)
+            while have < length:
+                have += self._recv(view[have:])
         if pdu_type == A_ABORT:
-            source, reason = (body[2], body[3]) if len(body) >= 4 else (0, 0)
-            raise PeerAborted(source, reason)
+            raise PeerAborted(body[2], body[3]) if len(body) >= 4 else PeerAborted()
         return pdu_type, body
 
-    def send(self, data: bytes | bytearray | memoryview) -> None:
-        self.sock.sendall(data)
-        self.bytes_sent += len(data)
 
-    def send_parts(self, parts: list[bytes | memoryview]) -> None:
-        """Send several buffers with as few system calls as possible (``sendmsg`` gather write)."""
+class PDUStream(PDUReader):
+    """Reads and writes whole PDUs on a connected socket (the requestor's side).
+
+    Parameters
+    ----------
+    sock : socket.socket
+        A connected socket; `tune_socket` is applied to it.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        tune_socket(sock)
+        self.bytes_sent = 0
+        self._poll = select.poll() if hasattr(select, "poll") else None
+        if self._poll is not None:
+            self._poll.register(sock, select.POLLIN)
+
+    def input_pending(self) -> bool:
+        """True when something (bytes, or the end of the connection) can be read without waiting."""
+        if self._end > self._start:
+            return True
+        if self._poll is None:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        return bool(self._poll.poll(0))
+
+    def settimeout(self, seconds: float | None) -> None:
+        set_socket_timeout(self.sock, seconds)
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        self.send_parts([data])
+
+    def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        """Send several buffers with as few system calls as possible (``sendmsg`` gather write).
+
+        Raises
+        ------
+        TimeoutError
+            If the peer does not take the bytes before the socket's timeout expires.
+        """
         sock = self.sock
-        total = sum(len(p) for p in parts)
-        self.bytes_sent += total
-        if not hasattr(sock, "sendmsg"):
-            sock.sendall(b"".join(parts))
-            return
-        views = [memoryview(p) for p in parts]
-        while views:
-            sent = sock.sendmsg(views[:512])
-            while sent and views:
-                head = views[0]
-                if sent >= len(head):
-                    sent -= len(head)
-                    views.pop(0)
+        try:
+            # Nearly always one call sends everything (a small C-STORE is two buffers), so buffers are
+            # wrapped in memoryviews only when a partial send has to be resumed.
+            sent = sock.sendmsg(parts[:512])
+            self.bytes_sent += sent
+            views: list[memoryview] = []
+            for p in parts:
+                if sent >= len(p):
+                    sent -= len(p)
                 else:
-                    views[0] = head[sent:]
+                    views.append(memoryview(p)[sent:])
                     sent = 0
+            while views:
+                sent = sock.sendmsg(views[:512])
+                self.bytes_sent += sent
+                while sent and views:
+                    head = views[0]
+                    if sent >= len(head):
+                        sent -= len(head)
+                        views.pop(0)
+                    else:
+                        views[0] = head[sent:]
+                        sent = 0
+        except BlockingIOError:  # SO_SNDTIMEO expired
+            raise TimeoutError("timeout while sending to the peer") from None
 
     def pdu(self, pdu_type: int, body: bytes) -> None:
         self.send(_HEADER.pack(pdu_type, len(body)) + body)
@@ -247,14 +329,14 @@ def pdata_fragment_parts(
         is_last = offset >= total
         control = base | (2 if (is_last and last) else 0)
         n = len(piece)
-        parts.append(_PDV_HEADER.pack(P_DATA_TF, n + 6, n + 2, context_id, control))
+        parts.append(PDV_HEADER.pack(P_DATA_TF, n + 6, n + 2, context_id, control))
         if n:
             parts.append(piece)
         if is_last:
             return parts
 
 
-def iter_pdvs(body: bytes) -> list[tuple[int, int, memoryview]]:
+def iter_pdvs(body: bytes | bytearray) -> list[tuple[int, int, memoryview]]:
     """Split a P-DATA-TF body into (context_id, control, fragment) triples."""
     out = []
     view = memoryview(body)

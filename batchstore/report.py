@@ -39,9 +39,13 @@ EXIT_NOTHING_SENT = 9
 EXIT_INTERRUPTED = 130
 
 
-@dataclass(frozen=True)
+@dataclass
 class Outcome:
-    """What happened to one input file (one record of the report)."""
+    """What happened to one input file (one record of the report).
+
+    Not frozen: a frozen dataclass costs 4x as much to create, and the coordinator numbers each
+    outcome's association in place instead of copying it (perf/: ~5 us per 1 KB file).
+    """
 
     path: str
     sop_class_uid: str = ""

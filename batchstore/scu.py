@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from dataclasses import dataclass
 
 from . import acse, dimse
 from .net import (
     P_DATA_TF,
+    PDV_HEADER,
     PDUStream,
     ProtocolError,
     connect,
@@ -23,6 +25,8 @@ from .net import (
     pdata_fragment_parts,
     pdata_parts,
 )
+
+_U32 = struct.Struct(">L")
 
 #: Data sets up to this size are read whole and sent with one gather write; larger ones are streamed in
 #: chunks of this size, so a worker's memory stays flat whatever the file size.
@@ -187,6 +191,19 @@ class StoreSCU:
             pdu_type, body = self.stream.read_pdu()
             if pdu_type != P_DATA_TF:
                 raise ProtocolError(f"expected P-DATA-TF with a response, got PDU type 0x{pdu_type:02X}")
+            if (
+                not fragments
+                and len(body) > 6
+                and body[5] == 3
+                and _U32.unpack_from(body)[0] == len(body) - 4
+            ):
+                # The usual response: one PDV holding the whole command set.
+                cmd = dimse.decode_command(memoryview(body)[6:])
+                if cmd.message_id_responded != message_id:
+                    raise ProtocolError(
+                        f"response to message {cmd.message_id_responded}, expected {message_id}"
+                    )
+                return cmd
             for _ctx, control, fragment in iter_pdvs(body):
                 if not control & 1:
                     raise ProtocolError("unexpected data set fragment in a response")
@@ -213,9 +230,20 @@ class StoreSCU:
         assert self.stream is not None
         message_id = self._next_message_id()
         command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
-        parts = pdata_parts(context_id, command, True, self.send_pdu)
-        parts += pdata_parts(context_id, dataset, False, self.send_pdu)
-        self.stream.send_parts(parts)
+        size = len(dataset)
+        if size + 6 <= self.send_pdu and len(command) + 6 <= self.send_pdu:
+            # Command and data set fit one PDU each: both headers and the command in one buffer, the
+            # data set as the second, so one sendmsg carries the whole C-STORE.
+            head = (
+                PDV_HEADER.pack(P_DATA_TF, len(command) + 6, len(command) + 2, context_id, 3)
+                + command
+                + PDV_HEADER.pack(P_DATA_TF, size + 6, size + 2, context_id, 2)
+            )
+            self.stream.send_parts([head, dataset] if size else [head])
+        else:
+            parts = pdata_parts(context_id, command, True, self.send_pdu)
+            parts += pdata_parts(context_id, dataset, False, self.send_pdu)
+            self.stream.send_parts(parts)
         cmd = self._read_response(message_id)
         return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
 

@@ -2,8 +2,9 @@
 
 It speaks the upper layer protocol through batchstore's own `net`/`acse`/`dimse` modules but decides
 nothing by itself: `policy(n, sop_instance_uid)` returns the status of the n-th answered C-STORE (1-based,
-counted across associations), ``"abort"`` to send an A-ABORT instead of a response, or ``"abort-after"``
-to answer 0x0000 and then abort the now idle association. With `abort_during=k` it aborts at the first
+counted across associations), ``"abort"`` to send an A-ABORT instead of a response, ``"abort-after"``
+to answer 0x0000 and then abort the now idle association, or ``"silent"`` to never answer (the sender's
+DIMSE timeout has to end it). With `abort_during=k` it aborts at the first
 data set fragment of the k-th C-STORE-RQ it receives, while the sender is still sending. It runs in a
 thread of the test process, on 127.0.0.1 and port 0; use it as a context manager.
 """
@@ -36,7 +37,9 @@ class _Aborted(OSError):
 class ScriptedSCP:
     """Context manager: ``with ScriptedSCP(lambda n, uid: 0xA700 if n <= 2 else 0) as scp: ... scp.port``."""
 
-    def __init__(self, policy: Policy = lambda n, uid: 0, max_pdu: int = 16384, abort_during: int = 0) -> None:
+    def __init__(
+        self, policy: Policy = lambda n, uid: 0, max_pdu: int = 16384, abort_during: int = 0
+    ) -> None:
         self.policy = policy
         self.max_pdu = max_pdu
         self.abort_during = abort_during
@@ -76,7 +79,9 @@ class ScriptedSCP:
             pdu_type, body = stream.read_pdu()
             assert pdu_type == A_ASSOCIATE_RQ
             request, _ = acse.decode_request(body)
-            results = {cid: (acse.PC_ACCEPTANCE, syntaxes[0]) for cid, _abstract, syntaxes in request.contexts}
+            results = {
+                cid: (acse.PC_ACCEPTANCE, syntaxes[0]) for cid, _abstract, syntaxes in request.contexts
+            }
             stream.pdu(A_ASSOCIATE_AC, acse.encode_accept(request, results, self.max_pdu))
             with self._lock:
                 self.associations += 1
@@ -123,6 +128,8 @@ class ScriptedSCP:
             self.count += 1
             n = self.count
         status = self.policy(n, cmd.sop_instance_uid)
+        if status == "silent":
+            return
         if status == "abort":
             stream.abort()
             raise _Aborted("scripted abort before the response")

@@ -5,6 +5,7 @@ The peer is `ScriptedSCP`, which answers each C-STORE with the status the test c
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,25 @@ def test_transient_status_that_persists_is_exit_5(corpus: tuple[Path, dict]) -> 
     assert all(o.category == st.TRANSIENT and o.attempts == 2 for o in failed)
     assert all(o.error.startswith("0xA701 Failure: out of resources") for o in failed)
     assert scp.count == len(manifest["files"]) + len(busy)
+
+
+def test_peer_that_never_answers_times_out_as_transient(corpus: tuple[Path, dict]) -> None:
+    """-td: a C-STORE-RSP that never comes ends in a timeout (transient), then the next file goes out."""
+    path, manifest = corpus
+    first = sorted(f["sop_instance_uid"] for f in manifest["files"])[0]
+    with ScriptedSCP(lambda n, uid: "silent" if uid == first else 0) as scp:
+        started = time.monotonic()
+        report = _send(path, scp.port, retries=0, halt_on_failure=False, dimse_timeout=0.5)
+        elapsed = time.monotonic() - started
+    assert report.exit_code() == EXIT_SOME_FAILED_RETRYABLE
+    failed = [o for o in report.outcomes if not o.delivered]
+    assert [(o.sop_instance_uid, o.category, o.error) for o in failed] == [
+        (first, st.TRANSIENT, "timeout waiting for the peer")
+    ]
+    assert sorted(scp.stored) == sorted(
+        f["sop_instance_uid"] for f in manifest["files"] if f["sop_instance_uid"] != first
+    )
+    assert elapsed < 10
 
 
 def test_nothing_delivered_is_exit_9(corpus: tuple[Path, dict]) -> None:
