@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	    DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq dcmtk orthanc >/dev/null; \
 	fi
 	$(PYTHON) -m pip install -q -e '.[test]'
+	@# bytecode caches, as an installed copy has them (also where PYTHONDONTWRITEBYTECODE is set)
+	$(PYTHON) -m compileall -q batchstore
 	@touch $(STAMP)
 
 setup: $(STAMP)

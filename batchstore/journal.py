@@ -10,7 +10,6 @@ necessarily a power cut, and costs no fsync on the hot path.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -133,6 +132,8 @@ class Journal:
         if not create and not os.path.isfile(path):
             raise JournalError(f"no such journal: {path}")
         self.path = path
+        import sqlite3  # here, not at the top: `batchstore send` without --journal never needs it
+
         try:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")

@@ -56,8 +56,27 @@ __all__ = [
 LOOPBACK = "127.0.0.1"
 
 
+_COMPILED = False
+
+
+def compile_package() -> None:
+    """Write batchstore's bytecode caches, as ``pip install`` does for an installed package.
+
+    With ``PYTHONDONTWRITEBYTECODE=1`` in the environment (some CI images set it) an editable checkout
+    would recompile every module on every run: ~50 ms of each ``batchstore send`` that a user's
+    installed copy never pays. The benchmarks measure the installed state.
+    """
+    global _COMPILED
+    if not _COMPILED:
+        import compileall
+
+        compileall.compile_dir(str(ROOT / "batchstore"), quiet=1)
+        _COMPILED = True
+
+
 def batchstore_env() -> dict[str, str]:
     """Environment for a batchstore subprocess: this checkout first on the import path."""
+    compile_package()
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("BATCHSTORE_WORKERS", None)
