@@ -705,12 +705,29 @@ def _scan_dir(
         # sockets, FIFOs and devices are not candidates
 
 
+#: Below this many files the scan reads headers in one process: a fork and the pickled results cost
+#: more than they save (perf/: ~3 ms fixed, ~2 us per file, against ~20 us per file read).
+PARALLEL_SCAN_MIN: Final = 1000
+#: At most this many processes read headers (the coordinator and its forks).
+MAX_SCAN_JOBS: Final = 4
+
+
+def scan_jobs() -> int:
+    """How many processes `scan` reads headers with by default: the usable CPUs, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_SCAN_JOBS, cpus))
+
+
 def scan(
     inputs: Iterable[str],
     scan_directories: bool = False,
     recurse: bool = False,
     pattern: str | None = None,
     read_mode: ReadMode | str = "auto",
+    jobs: int | None = None,
 ) -> tuple[list[Instance], list[ScanFailure]]:
     """Find and read all inputs.
 
@@ -722,6 +739,10 @@ def scan(
         As for `iter_paths`.
     read_mode : {"auto", "file-only", "dataset"}
         As for `read_instance`.
+    jobs : int, optional
+        Processes that read file headers (default `scan_jobs`). With more than one and at least
+        `PARALLEL_SCAN_MIN` files, the file list is split into contiguous shares and all but the first
+        are read by forked processes; results are the same, in the same order.
 
     Returns
     -------
@@ -730,15 +751,87 @@ def scan(
     """
     if read_mode not in ("auto", "file-only", "dataset"):
         raise ValueError(f"unknown read mode {read_mode!r}")
+    items = list(iter_paths(inputs, scan_directories, recurse, pattern))
+    paths = [item for item in items if not isinstance(item, ScanFailure)]
+    jobs = scan_jobs() if jobs is None else jobs
+    if jobs > 1 and len(paths) >= PARALLEL_SCAN_MIN and hasattr(os, "fork"):
+        read = iter(_read_parallel(paths, read_mode, jobs))
+    else:
+        read = (read_instance(path, read_mode) for path in paths)
     instances: list[Instance] = []
     failures: list[ScanFailure] = []
-    for item in iter_paths(inputs, scan_directories, recurse, pattern):
-        result = item if isinstance(item, ScanFailure) else read_instance(item, read_mode)
+    for item in items:
+        result = item if isinstance(item, ScanFailure) else next(read)
         if isinstance(result, Instance):
             instances.append(result)
         else:
             failures.append(result)
     return instances, failures
+
+
+def _read_parallel(paths: list[str], read_mode: str, jobs: int) -> list[Instance | ScanFailure]:
+    """`read_instance` of every path, the shares after the first read by forked processes.
+
+    A share whose process fails for any reason is read here instead, so the result never depends on
+    the forks working.
+    """
+    import pickle
+
+    size = -(-len(paths) // jobs)
+    shares = [paths[i : i + size] for i in range(0, len(paths), size)]
+    children: list[tuple[int, int] | None] = []
+    for share in shares[1:]:
+        try:
+            r, w = os.pipe()
+        except OSError:
+            children.append(None)
+            continue
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            children.append(None)
+            continue
+        if pid == 0:  # the child: read its share, send the results, never return
+            code = 1
+            try:
+                os.close(r)
+                data = pickle.dumps(
+                    [read_instance(path, read_mode) for path in share], pickle.HIGHEST_PROTOCOL
+                )
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(w, view) :]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        children.append((pid, r))
+    results = [read_instance(path, read_mode) for path in shares[0]]
+    for share, child in zip(shares[1:], children, strict=True):
+        part: list[Instance | ScanFailure] | None = None
+        if child is not None:
+            pid, r = child
+            chunks = []
+            try:
+                while True:
+                    chunk = os.read(r, 1 << 20)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            finally:
+                os.close(r)
+                _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status) == 0:
+                try:
+                    part = pickle.loads(b"".join(chunks))
+                except Exception:  # noqa: BLE001 - a broken share is read again below
+                    part = None
+            if part is None or len(part) != len(share):
+                part = None
+        results.extend(part if part is not None else (read_instance(path, read_mode) for path in share))
+    return results
 
 
 # --- @file command files ----------------------------------------------------------------------------
