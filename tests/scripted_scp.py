@@ -29,6 +29,8 @@ from batchstore.net import (
 
 Policy = Callable[[int, str], "int | str"]
 
+_A_ABORT = bytes((0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0))  # A-ABORT PDU, service user, no reason
+
 
 class _Aborted(OSError):
     """This SCP aborted the association on purpose."""
@@ -142,7 +144,12 @@ class ScriptedSCP:
                 self.stored.append(cmd.sop_instance_uid)
                 self.data[cmd.sop_instance_uid] = data
         rsp = dimse.c_store_rsp(cmd.message_id, cmd.sop_class_uid, cmd.sop_instance_uid, status)
-        stream.send_parts(pdata_parts(ctx, rsp, True, 0))
+        parts = pdata_parts(ctx, rsp, True, 0)
         if abort_after:
-            stream.abort()  # between messages: the association is idle
+            # The A-ABORT goes out in the same write as the response, so it is there before the sender's
+            # next request whatever the thread scheduling: the association is idle when it arrives.
+            parts.append(_A_ABORT)
+            stream.send_parts(parts)
+            stream.close()
             raise _Aborted("scripted abort after the response")
+        stream.send_parts(parts)
