@@ -283,6 +283,58 @@ def test_records_pickle(tmp_path: Path) -> None:
     assert pickle.loads(pickle.dumps(failure)) == failure
 
 
+def _mixed_tree(root: Path, count: int) -> None:
+    """`count` files in two directories: DICOM files of two syntaxes with junk in between."""
+    ds = make_ds(pixels=False)
+    for i in range(count):
+        sub = root / f"d{i % 2}"
+        sub.mkdir(exist_ok=True)
+        if i % 7 == 3:
+            (sub / f"{i:04d}.txt").write_text("not DICOM")
+        else:
+            ds.SOPInstanceUID = f"1.2.3.{i}"
+            write_part10(
+                sub / f"{i:04d}.dcm", ds, ExplicitVRLittleEndian if i % 2 else ImplicitVRLittleEndian
+            )
+
+
+def test_parallel_scan_gives_the_serial_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shares read by forked processes come back complete and in input order, failures included."""
+    import batchstore.scan as scan_module
+
+    _mixed_tree(tmp_path, 60)
+    monkeypatch.setattr(scan_module, "PARALLEL_SCAN_MIN", 10)
+    serial = scan([str(tmp_path)], scan_directories=True, recurse=True, jobs=1)
+    forks: list[int] = []
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forks.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counting_fork)
+    parallel = scan([str(tmp_path)], scan_directories=True, recurse=True, jobs=3)
+    assert len(forks) == 2
+    assert parallel == serial
+    assert len(serial[0]) == 51 and len(serial[1]) == 9
+
+
+def test_parallel_scan_survives_failing_forks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import batchstore.scan as scan_module
+
+    _mixed_tree(tmp_path, 30)
+    monkeypatch.setattr(scan_module, "PARALLEL_SCAN_MIN", 10)
+    serial = scan([str(tmp_path)], scan_directories=True, recurse=True, jobs=1)
+
+    def no_fork() -> int:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert scan([str(tmp_path)], scan_directories=True, recurse=True, jobs=4) == serial
+
+
 # --- verify_dataset -----------------------------------------------------------------------------------
 
 
