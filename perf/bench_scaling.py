@@ -8,7 +8,7 @@
    ``batchstore receive --fork -pdu 0`` when batchstore accepts 0 there, and otherwise reported as not
    available.
 
-Every run counts the files that arrived. Run alone: ``python perf/bench_scaling.py [--quick]``;
+Every sender runs 3 alternating rounds and its median is reported; every run counts the files that arrived. Run alone: ``python perf/bench_scaling.py [--quick]``;
 writes ``perf/results/scaling.json``.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,25 +45,36 @@ def _fps(count: int, seconds: float) -> str:
     return f"{count / seconds:,.0f}"
 
 
-def workers_table(work: Path, quick: bool) -> tuple[list[dict[str, Any]], str]:
+def _median_runs(rounds: int, senders: list[Any]) -> list[float]:
+    """Run every sender once per round, alternating, and return each one's median seconds."""
+    times: list[list[float]] = [[] for _ in senders]
+    for _ in range(rounds):
+        for i, sender in enumerate(senders):
+            times[i].append(sender())
+    return [statistics.median(t) for t in times]
+
+
+def workers_table(work: Path, quick: bool, rounds: int = 3) -> tuple[list[dict[str, Any]], str]:
     count = 500 if quick else 5000
     corpus = make_corpus(work, "1k", count, 1024)
     out = work / "out-scaling-j"
-    rows = []
-    seconds = send_to_storescp(
-        lambda p: _storescu(p, corpus), dcmtk_env(True), out, count, peer_nodelay=True, scp_args=[]
-    )
-    rows.append({"sender": "storescu", "workers": 1, "files": count, "seconds": round(seconds, 3)})
-    for j in WORKERS:
-        seconds = send_to_storescp(
-            lambda p, j=j: _batchstore(p, corpus, j),
-            batchstore_env(),
-            out,
-            count,
-            peer_nodelay=True,
-            scp_args=[],
+
+    def storescu() -> float:
+        return send_to_storescp(
+            lambda p: _storescu(p, corpus), dcmtk_env(True), out, count, peer_nodelay=True, scp_args=[]
         )
-        rows.append({"sender": "batchstore", "workers": j, "files": count, "seconds": round(seconds, 3)})
+
+    def batchstore(j: int) -> float:
+        return send_to_storescp(
+            lambda p: _batchstore(p, corpus, j), batchstore_env(), out, count, peer_nodelay=True, scp_args=[]
+        )
+
+    medians = _median_runs(rounds, [storescu] + [lambda j=j: batchstore(j) for j in WORKERS])
+    rows = [{"sender": "storescu", "workers": 1, "files": count, "seconds": round(medians[0], 3)}]
+    rows += [
+        {"sender": "batchstore", "workers": j, "files": count, "seconds": round(seconds, 3)}
+        for j, seconds in zip(WORKERS, medians[1:], strict=True)
+    ]
     ref = rows[0]["seconds"]
     cells = [
         [
@@ -104,15 +116,17 @@ def _to_batchstore_receiver(cmd_for_port, env: dict[str, str], out: Path, expect
     return seconds
 
 
-def pdu_table(work: Path, quick: bool, workers: int = 2) -> tuple[list[dict[str, Any]], str, str]:
+def pdu_table(
+    work: Path, quick: bool, workers: int = 2, rounds: int = 3
+) -> tuple[list[dict[str, Any]], str, str]:
     count = 100 if quick else 1000
     corpus = make_corpus(work, "513k", count, CT_513K)
     out = work / "out-scaling-pdu"
     rows = []
     for pdu in PDUS:
         row: dict[str, Any] = {"peer": f"storescp --fork -pdu {pdu}", "pdu": pdu, "files": count}
-        row["storescu_s"] = round(
-            send_to_storescp(
+        senders = [
+            lambda pdu=pdu: send_to_storescp(
                 lambda p: _storescu(p, corpus),
                 dcmtk_env(True),
                 out,
@@ -120,10 +134,7 @@ def pdu_table(work: Path, quick: bool, workers: int = 2) -> tuple[list[dict[str,
                 peer_nodelay=True,
                 scp_args=["-pdu", str(pdu)],
             ),
-            3,
-        )
-        row["batchstore_s"] = round(
-            send_to_storescp(
+            lambda pdu=pdu: send_to_storescp(
                 lambda p: _batchstore(p, corpus, workers),
                 batchstore_env(),
                 out,
@@ -131,20 +142,26 @@ def pdu_table(work: Path, quick: bool, workers: int = 2) -> tuple[list[dict[str,
                 peer_nodelay=True,
                 scp_args=["-pdu", str(pdu)],
             ),
-            3,
-        )
+        ]
+        storescu_s, batchstore_s = _median_runs(rounds, senders)
+        row["storescu_s"] = round(storescu_s, 3)
+        row["batchstore_s"] = round(batchstore_s, 3)
         rows.append(row)
     accepted, why = _receive_accepts_pdu_zero(work)
     note = ""
     if accepted:
         row = {"peer": "batchstore receive --fork -pdu 0", "pdu": 0, "files": count}
-        row["storescu_s"] = round(
-            _to_batchstore_receiver(lambda p: _storescu(p, corpus), dcmtk_env(True), out, count), 3
+        storescu_s, batchstore_s = _median_runs(
+            rounds,
+            [
+                lambda: _to_batchstore_receiver(lambda p: _storescu(p, corpus), dcmtk_env(True), out, count),
+                lambda: _to_batchstore_receiver(
+                    lambda p: _batchstore(p, corpus, workers), batchstore_env(), out, count
+                ),
+            ],
         )
-        row["batchstore_s"] = round(
-            _to_batchstore_receiver(lambda p: _batchstore(p, corpus, workers), batchstore_env(), out, count),
-            3,
-        )
+        row["storescu_s"] = round(storescu_s, 3)
+        row["batchstore_s"] = round(batchstore_s, 3)
         rows.append(row)
     else:
         note = (
