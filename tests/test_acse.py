@@ -75,3 +75,11 @@ def test_our_accept_round_trips() -> None:
     accept = acse.decode_accept(body)
     assert accept.results == {1: (0, LEE)} and accept.max_pdu == 32768
     assert accept.implementation_version_name == acse.IMPLEMENTATION_VERSION_NAME
+
+
+def test_implementation_class_uid_is_the_documented_uuid() -> None:
+    import uuid
+
+    expected = "2.25." + str(uuid.UUID("6d1c6a51-36c4-4f6e-9a43-8c2b7f1d0b5e").int)
+    assert acse.IMPLEMENTATION_CLASS_UID == expected
+    assert len(expected) <= 64
