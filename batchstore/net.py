@@ -1,8 +1,9 @@
 """TCP transport for the DICOM upper layer: socket options, PDU framing and exact reads.
 
 Every socket batchstore owns goes through here, so that ``TCP_NODELAY`` is always set and, on Linux,
-``TCP_QUICKACK`` is re-armed after every receive (DESIGN.md, decision 3: a peer that keeps Nagle's
-algorithm on otherwise costs ~40 ms per C-STORE through delayed ACKs).
+``TCP_QUICKACK`` is kept armed (DESIGN.md, decision 3: a peer that keeps Nagle's algorithm on otherwise
+costs ~40 ms per C-STORE through delayed ACKs): the sender re-arms it after every receive, the receiver
+after every send (`PDUReader`).
 """
 
 from __future__ import annotations
