@@ -86,12 +86,24 @@ class WorkerConfig:
 GC_THRESHOLDS = (50_000, 50, 50)
 
 
-def quiet_gc() -> tuple[int, int, int]:
-    """Move every object alive now out of the collector's sight and collect rarely; returns the old thresholds."""
+def quiet_gc() -> Callable[[], None]:
+    """Move every object alive now out of the collector's sight and collect rarely.
+
+    Returns the function that undoes it. A process that had frozen objects itself (an API caller's
+    pre-fork server, say) keeps its freeze: only the thresholds change then.
+    """
     previous = gc.get_threshold()
-    gc.freeze()
+    froze = gc.get_freeze_count() == 0
+    if froze:
+        gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    return previous
+
+    def restore() -> None:
+        if froze:
+            gc.unfreeze()
+        gc.set_threshold(*previous)
+
+    return restore
 
 
 def backoff(attempt: int, base: float) -> float:
@@ -675,7 +687,7 @@ class Coordinator:
         if threading.current_thread() is threading.main_thread():
             for number in (signal.SIGINT, signal.SIGTERM):
                 previous[number] = signal.signal(number, self.request_stop)
-        thresholds = quiet_gc()  # before forking, so the workers inherit a frozen heap too
+        restore_gc = quiet_gc()  # before forking, so the workers inherit a frozen heap too
         try:
             for _ in range(self.workers):
                 self._spawn()
@@ -687,8 +699,7 @@ class Coordinator:
         finally:
             for signum_, handler in previous.items():
                 signal.signal(signum_, handler)  # type: ignore[arg-type]
-            gc.unfreeze()  # an API caller's process goes on as it was
-            gc.set_threshold(*thresholds)
+            restore_gc()  # an API caller's process goes on as it was
             for slot in self.slots.values():
                 slot.process.join(timeout=5)
                 if slot.process.is_alive():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import signal
 import stat
 import struct
 import zlib
@@ -769,6 +770,30 @@ def scan(
     return instances, failures
 
 
+def _collect(child: tuple[int, int], expected: int) -> list[Instance | ScanFailure] | None:
+    """The results a scan fork sends through its pipe; None if it failed in any way."""
+    import pickle
+
+    pid, r = child
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(r, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        return None
+    try:
+        part = pickle.loads(b"".join(chunks))
+    except Exception:  # noqa: BLE001 - a broken share is read again by the caller
+        return None
+    return part if isinstance(part, list) and len(part) == expected else None
+
+
 def _read_parallel(paths: list[str], read_mode: str, jobs: int) -> list[Instance | ScanFailure]:
     """`read_instance` of every path, the shares after the first read by forked processes.
 
@@ -808,29 +833,22 @@ def _read_parallel(paths: list[str], read_mode: str, jobs: int) -> list[Instance
                 os._exit(code)
         os.close(w)
         children.append((pid, r))
-    results = [read_instance(path, read_mode) for path in shares[0]]
-    for share, child in zip(shares[1:], children, strict=True):
-        part: list[Instance | ScanFailure] | None = None
-        if child is not None:
-            pid, r = child
-            chunks = []
-            try:
-                while True:
-                    chunk = os.read(r, 1 << 20)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-            finally:
+    try:
+        results = [read_instance(path, read_mode) for path in shares[0]]
+        for k, share in enumerate(shares[1:]):
+            child, children[k] = children[k], None  # _collect closes and reaps it, whatever happens
+            part = _collect(child, len(share)) if child is not None else None
+            results.extend(part if part is not None else (read_instance(path, read_mode) for path in share))
+    finally:  # interrupted (Ctrl-C): no fork is left running or unreaped
+        for child in children:
+            if child is not None:
+                pid, r = child
                 os.close(r)
-                _, status = os.waitpid(pid, 0)
-            if os.waitstatus_to_exitcode(status) == 0:
                 try:
-                    part = pickle.loads(b"".join(chunks))
-                except Exception:  # noqa: BLE001 - a broken share is read again below
-                    part = None
-            if part is None or len(part) != len(share):
-                part = None
-        results.extend(part if part is not None else (read_instance(path, read_mode) for path in share))
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
     return results
 
 
