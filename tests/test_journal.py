@@ -20,7 +20,7 @@ import batchstore
 from batchstore import status as st
 from batchstore.journal import Journal, JournalReport, journal_key
 from batchstore.report import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Outcome
-from batchstore.scan import scan
+from batchstore.scan import ScanFailure, scan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,3 +151,32 @@ def test_rename_only_after_journaled(corpus: tuple[Path, list[dict]], tmp_path: 
         suffix = ".bad" if f["sop_instance_uid"] == bad else ".done"
         assert not original.exists() and Path(str(original) + suffix).exists()
         assert categories[journal_key(str(original))] == (st.PERMANENT if suffix == ".bad" else st.SUCCESS)
+
+
+def test_outcomes_before_and_after_the_first_commit(corpus: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    """Registered files are written with the first commit, with the outcomes that came before it folded in;
+    later outcomes update the written rows. Either way the rows end up the same."""
+    path, _files = corpus
+    instances, _ = scan([str(path)], scan_directories=True, recurse=True)
+    unreadable = tmp_path / "junk.dcm"
+    unreadable.write_bytes(b"not DICOM")
+    a, b, c = (i.path for i in instances[:3])
+    db = str(tmp_path / "j.db")
+    with Journal(db) as j:
+        j.begin_run("test")
+        j.register(instances, [ScanFailure(str(unreadable), "not a DICOM file")])
+        j.record([Outcome(path=a, category=st.TRANSIENT, error="busy", attempts=1)])  # folded in
+        j.record([Outcome(path=a, category=st.SUCCESS, status=0, attempts=2)])
+        j.flush()
+        j.record([Outcome(path=b, category=st.PERMANENT, status=0xA900, attempts=1)])  # an UPDATE
+        j.record([Outcome(path=a, category=st.NOT_SENT, error="not sent: run halted")])  # never downgraded
+    with Journal(db, create=False) as j:
+        rows = {
+            r[0]: r[1:]
+            for r in j.db.execute("SELECT path, category, status, attempts, tries FROM files").fetchall()
+        }
+    assert rows[journal_key(a)] == (st.SUCCESS, 0, 2, 2)
+    assert rows[journal_key(b)] == (st.PERMANENT, 0xA900, 1, 1)
+    assert rows[journal_key(c)] == ("pending", None, 0, 0)
+    assert rows[journal_key(str(unreadable))][0] == st.PERMANENT
+    assert len(rows) == len(instances) + 1
