@@ -254,7 +254,9 @@ def test_peer_with_two_associations_and_six_workers(corpus: tuple[Path, set[str]
     assert report.exit_code() == EXIT_OK, report.summary_lines()  # halt-on-failure is on: nothing failed
     assert set(scp.stored) == uids
     assert scp.peak <= 2
-    assert scp.rejected >= 4  # six workers tried, four were turned away at least once
+    # The limit was hit: at least one worker was turned away. How many depends on timing, because the
+    # coordinator lowers its concurrency at the first rejection and later workers may never try.
+    assert scp.rejected >= 1
     assert report.retries >= scp.rejected
     assert all(o.delivered and o.attempts == 1 for o in report.outcomes)
 
