@@ -141,7 +141,7 @@ def _median(rows: list[dict]) -> dict:
 
 
 def run(
-    work: Path, quick: bool = False, files: int = 5000, size: int = 1024, nagle: bool = False, repeat: int = 3
+    work: Path, quick: bool = False, files: int = 5000, size: int = 1024, nagle: bool = False, repeat: int = 5
 ) -> dict:
     """Both receivers against the same two concurrent storescu senders; summary rows and details."""
     files = max(10, files // 10) if quick else files
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of the files per sender")
     parser.add_argument("--nagle", action="store_true", help="leave Nagle on in DCMTK (as deployed)")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="alternate the receivers N times and report medians (default 3)"
+        "--repeat", type=int, default=5, help="alternate the receivers N times and report medians (default 5)"
     )
     parser.add_argument(
         "--work", help="work directory (kept; default: a temporary directory, removed afterwards)"
