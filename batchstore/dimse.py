@@ -117,6 +117,11 @@ def c_store_rq(
     return encode_command(elements)
 
 
+#: SOP class -> the C-STORE-RSP bytes before the message ID value, and its fixed length (see c_store_rsp)
+_STORE_RSP_PARTS: dict[str, tuple[bytes, int]] = {}
+_RSP_TAIL = struct.Struct("<HHHLHHHLHHHL")  # message ID, data set type, status, instance UID header
+
+
 def c_store_rsp(
     message_id: int,
     sop_class_uid: str,
@@ -125,6 +130,36 @@ def c_store_rsp(
     error_comment: str | None = None,
 ) -> bytes:
     """Return the encoded C-STORE-RSP command set."""
+    if not error_comment:
+        # The per-file case of a receiver: one cached prefix per SOP class, one pack for the rest.
+        parts = _STORE_RSP_PARTS.get(sop_class_uid)
+        if parts is None:
+            sop_class = _ui(sop_class_uid)
+            before = (
+                _ELEM.pack(0, AFFECTED_SOP_CLASS_UID, len(sop_class))
+                + sop_class
+                + _ELEM.pack(0, COMMAND_FIELD, 2)
+                + _US.pack(C_STORE_RSP)
+                + _ELEM.pack(0, MESSAGE_ID_BEING_RESPONDED_TO, 2)
+            )
+            parts = _STORE_RSP_PARTS[sop_class_uid] = (before, len(before) + _RSP_TAIL.size)
+        before, fixed = parts
+        uid = _ui(sop_instance_uid)
+        tail = _RSP_TAIL.pack(
+            message_id & 0xFFFF,
+            0,
+            COMMAND_DATA_SET_TYPE,
+            2,
+            NO_DATA_SET,
+            0,
+            STATUS,
+            2,
+            status,
+            0,
+            AFFECTED_SOP_INSTANCE_UID,
+            len(uid),
+        )
+        return _GROUP_LENGTH.pack(0, 0, 4, fixed + len(uid)) + before + tail + uid
     elements = [
         (AFFECTED_SOP_CLASS_UID, _ui(sop_class_uid)),
         (COMMAND_FIELD, _US.pack(C_STORE_RSP)),

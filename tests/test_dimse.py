@@ -82,3 +82,22 @@ def test_decode_store_rq_from_memoryview() -> None:
 def test_decode_rejects_malformed_command_sets(data: bytes) -> None:
     with pytest.raises(ValueError):
         dimse.decode_command(data)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xB000, 0xA700, 0xC123])
+@pytest.mark.parametrize("uid", ["1.2.3", "1.2.34"])
+def test_store_rsp_cached_parts_match_the_general_encoder(status: int, uid: str) -> None:
+    fast = dimse.c_store_rsp(0x1234F, CT, uid, status)
+    general = dimse.encode_command(
+        [
+            (dimse.AFFECTED_SOP_CLASS_UID, dimse._ui(CT)),
+            (dimse.COMMAND_FIELD, dimse.C_STORE_RSP.to_bytes(2, "little")),
+            (dimse.MESSAGE_ID_BEING_RESPONDED_TO, (0x234F).to_bytes(2, "little")),
+            (dimse.COMMAND_DATA_SET_TYPE, dimse.NO_DATA_SET.to_bytes(2, "little")),
+            (dimse.STATUS, status.to_bytes(2, "little")),
+            (dimse.AFFECTED_SOP_INSTANCE_UID, dimse._ui(uid)),
+        ]
+    )
+    assert fast == general
+    ds = _read(fast)
+    assert (ds.MessageIDBeingRespondedTo, ds.Status, ds.AffectedSOPInstanceUID) == (0x234F, status, uid)
