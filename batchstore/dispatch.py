@@ -491,13 +491,12 @@ class Coordinator:
         for o in outcomes:
             if o.association:
                 o.association = numbers.get((wid, o.association), 0)
-        fixed = outcomes
-        self.report.outcomes.extend(fixed)
+        self.report.outcomes.extend(outcomes)
         if count_retries:
-            self.report.retries += sum(max(0, o.attempts - 1) for o in fixed)
+            self.report.retries += sum(max(0, o.attempts - 1) for o in outcomes)
         if self.on_outcomes:
-            self.on_outcomes(fixed)
-        if self.config.halt_on_failure and any(o.category in (st.TRANSIENT, st.PERMANENT) for o in fixed):
+            self.on_outcomes(outcomes)
+        if self.config.halt_on_failure and any(o.category in (st.TRANSIENT, st.PERMANENT) for o in outcomes):
             self.report.halted = True
             self.halt()
 
