@@ -153,30 +153,44 @@ def test_rename_only_after_journaled(corpus: tuple[Path, list[dict]], tmp_path: 
         assert categories[journal_key(str(original))] == (st.PERMANENT if suffix == ".bad" else st.SUCCESS)
 
 
-def test_outcomes_before_and_after_the_first_commit(corpus: tuple[Path, list[dict]], tmp_path: Path) -> None:
-    """Registered files are written with the first commit, with the outcomes that came before it folded in;
-    later outcomes update the written rows. Either way the rows end up the same."""
+def test_each_file_is_written_once_and_untried_ones_at_the_end(
+    corpus: tuple[Path, list[dict]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registered file's row is written with its first outcome; files not tried yet are written as pending
+    only when the run ends (or a reader asks). Later outcomes update the rows; done is never downgraded."""
+    import sqlite3
+
+    import batchstore.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "COMMIT_SECONDS", 0.0)  # every record() commits
     path, _files = corpus
     instances, _ = scan([str(path)], scan_directories=True, recurse=True)
     unreadable = tmp_path / "junk.dcm"
     unreadable.write_bytes(b"not DICOM")
     a, b, c = (i.path for i in instances[:3])
     db = str(tmp_path / "j.db")
+
+    def rows() -> dict[str, tuple]:
+        with sqlite3.connect(db) as other:  # what another process (or a crash) would find
+            return {
+                r[0]: r[1:]
+                for r in other.execute("SELECT path, category, status, attempts, tries FROM files").fetchall()
+            }
+
     with Journal(db) as j:
         j.begin_run("test")
         j.register(instances, [ScanFailure(str(unreadable), "not a DICOM file")])
-        j.record([Outcome(path=a, category=st.TRANSIENT, error="busy", attempts=1)])  # folded in
+        j.record([Outcome(path=a, category=st.TRANSIENT, error="busy", attempts=1)])
         j.record([Outcome(path=a, category=st.SUCCESS, status=0, attempts=2)])
+        mid_run = rows()
+        assert set(mid_run) == {journal_key(a), journal_key(str(unreadable))}  # tried files only
+        assert mid_run[journal_key(a)] == (st.SUCCESS, 0, 2, 2)
+        j.record([Outcome(path=b, category=st.PERMANENT, status=0xA900, attempts=1)])
         j.flush()
-        j.record([Outcome(path=b, category=st.PERMANENT, status=0xA900, attempts=1)])  # an UPDATE
         j.record([Outcome(path=a, category=st.NOT_SENT, error="not sent: run halted")])  # never downgraded
-    with Journal(db, create=False) as j:
-        rows = {
-            r[0]: r[1:]
-            for r in j.db.execute("SELECT path, category, status, attempts, tries FROM files").fetchall()
-        }
-    assert rows[journal_key(a)] == (st.SUCCESS, 0, 2, 2)
-    assert rows[journal_key(b)] == (st.PERMANENT, 0xA900, 1, 1)
-    assert rows[journal_key(c)] == ("pending", None, 0, 0)
-    assert rows[journal_key(str(unreadable))][0] == st.PERMANENT
-    assert len(rows) == len(instances) + 1
+    final = rows()
+    assert final[journal_key(a)] == (st.SUCCESS, 0, 2, 2)
+    assert final[journal_key(b)] == (st.PERMANENT, 0xA900, 1, 1)
+    assert final[journal_key(c)] == ("pending", None, 0, 0)
+    assert final[journal_key(str(unreadable))][0] == st.PERMANENT
+    assert len(final) == len(instances) + 1
