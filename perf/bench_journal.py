@@ -28,7 +28,7 @@ def _done_in_journal(path: Path) -> int:
         )
 
 
-def run(work: Path, quick: bool = False, workers: int = 2, repeat: int = 5) -> dict[str, Any]:
+def run(work: Path, quick: bool = False, workers: int = 2, repeat: int = 7) -> dict[str, Any]:
     count = 500 if quick else 5000
     repeat = 1 if quick else repeat
     corpus = make_corpus(work, "1k", count, 1024)
@@ -90,7 +90,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--work", help="work directory (kept; default: a temporary one)")
     parser.add_argument("--json", default=str(RESULTS / "journal.json"))
     args = parser.parse_args()
