@@ -62,15 +62,20 @@ _GROUP_LENGTH = struct.Struct("<HHLL")  # (0000,0000), length 4, value
 _STORE_RQ_PARTS: dict[tuple[str, int], tuple[bytes, bytes, int]] = {}
 
 
-def _store_rq_parts(sop_class_uid: str, priority: int) -> tuple[bytes, bytes, int]:
+def _command_head(sop_class_uid: str, command_field: int, id_element: int) -> bytes:
+    """Affected SOP Class UID, Command Field and the header of the message ID element (its value follows)."""
     sop_class = _ui(sop_class_uid)
-    before = (
+    return (
         _ELEM.pack(0, AFFECTED_SOP_CLASS_UID, len(sop_class))
         + sop_class
         + _ELEM.pack(0, COMMAND_FIELD, 2)
-        + _US.pack(C_STORE_RQ)
-        + _ELEM.pack(0, MESSAGE_ID, 2)
+        + _US.pack(command_field)
+        + _ELEM.pack(0, id_element, 2)
     )
+
+
+def _store_rq_parts(sop_class_uid: str, priority: int) -> tuple[bytes, bytes, int]:
+    before = _command_head(sop_class_uid, C_STORE_RQ, MESSAGE_ID)
     after = _ELEM.pack(0, PRIORITY, 2) + _US.pack(priority) + _ELEM.pack(0, COMMAND_DATA_SET_TYPE, 2)
     after += _US.pack(DATA_SET_PRESENT)
     return before, after, len(before) + 2 + len(after) + 8
@@ -134,14 +139,7 @@ def c_store_rsp(
         # The per-file case of a receiver: one cached prefix per SOP class, one pack for the rest.
         parts = _STORE_RSP_PARTS.get(sop_class_uid)
         if parts is None:
-            sop_class = _ui(sop_class_uid)
-            before = (
-                _ELEM.pack(0, AFFECTED_SOP_CLASS_UID, len(sop_class))
-                + sop_class
-                + _ELEM.pack(0, COMMAND_FIELD, 2)
-                + _US.pack(C_STORE_RSP)
-                + _ELEM.pack(0, MESSAGE_ID_BEING_RESPONDED_TO, 2)
-            )
+            before = _command_head(sop_class_uid, C_STORE_RSP, MESSAGE_ID_BEING_RESPONDED_TO)
             parts = _STORE_RSP_PARTS[sop_class_uid] = (before, len(before) + _RSP_TAIL.size)
         before, fixed = parts
         uid = _ui(sop_instance_uid)

@@ -880,17 +880,13 @@ class Store:
             try:
                 self._proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as exc:
-                log.debug("no /proc/self/fd (%s): named temporary files", exc)
-                self._tmpfile = False
-                return False
+                return self._named_from_now_on(f"no /proc/self/fd ({exc})")
         try:
             fd = os.open(directory, _TMPFILE_FLAGS, 0o666)
         except OSError as exc:
             if exc.errno not in _NO_TMPFILE:
                 raise
-            log.debug("unnamed temporary files unavailable in %s (%s): using named ones", directory, exc)
-            self._tmpfile = False
-            return False
+            return self._named_from_now_on(f"unnamed temporary files unavailable in {directory} ({exc})")
         try:
             _write_all(fd, parts)
             name = str(fd)
@@ -908,12 +904,16 @@ class Store:
             except OSError as exc:
                 if exc.errno not in _CANNOT_LINK:
                     raise
-                log.debug("cannot link an unnamed file into %s (%s): using named ones", directory, exc)
-                self._tmpfile = False
-                return False
+                return self._named_from_now_on(f"cannot link an unnamed file into {directory} ({exc})")
         finally:
             os.close(fd)
         return True
+
+    def _named_from_now_on(self, why: str) -> bool:
+        """Stop trying unnamed files in this process; False, for `_write_unnamed` to return."""
+        log.debug("%s: named temporary files from now on", why)
+        self._tmpfile = False
+        return False
 
     def _stored(self, sop_class: str, status: int, values: dict[int, str], final: str) -> StoredFile:
         if self.study is not None and values.get(TAG_STUDY_INSTANCE_UID) is not None:
