@@ -104,6 +104,16 @@ def connect(host: str, port: int, timeout: float | None, family: int = socket.AF
 RECV_BUFFER = 1 << 18
 
 
+def phase_timeout(*values: float | None) -> float | None:
+    """The shortest of the timeouts that are set (None or 0: not set); None if none is.
+
+    A phase (association negotiation, DIMSE) ends at whichever bound comes first: its own timeout
+    (``-ta``, ``-td``) or the socket's (``-ts``).
+    """
+    chosen = [v for v in values if v]
+    return min(chosen) if chosen else None
+
+
 def set_socket_timeout(sock: socket.socket, seconds: float | None) -> None:
     """Bound every blocking receive and send on `sock` (``SO_RCVTIMEO``/``SO_SNDTIMEO``, as DCMTK's -ts).
 

@@ -37,6 +37,7 @@ from .net import (
     PeerAborted,
     ProtocolError,
     pdata_parts,
+    phase_timeout,
     quickack,
     set_socket_timeout,
     tune_socket,
@@ -238,11 +239,6 @@ _UL = struct.Struct(">L")
 _PDV = struct.Struct(">BxLLBB")  # P-DATA-TF header + one PDV header
 
 
-def _min_timeout(*values: float | None) -> float | None:
-    chosen = [v for v in values if v]
-    return min(chosen) if chosen else None
-
-
 class Association:
     """Serves one association on a connected socket, start to end, in the calling process.
 
@@ -370,7 +366,7 @@ class Association:
 
     def _run(self) -> str:
         options = self.options
-        set_socket_timeout(self.sock, _min_timeout(options.acse_timeout, options.socket_timeout))
+        set_socket_timeout(self.sock, phase_timeout(options.acse_timeout, options.socket_timeout))
         pdu_type, body = self.reader.read_pdu()
         if pdu_type != A_ASSOCIATE_RQ:
             raise _Abort(f"expected A-ASSOCIATE-RQ, received {PDU_NAMES[pdu_type]}", reason=2)
@@ -406,7 +402,7 @@ class Association:
         self._send(_HEADER.pack(A_ASSOCIATE_AC, len(accept)) + accept)
         self._log_contexts(request, results)
         log.info("Association Acknowledged (max send PDV: %d)", self.peer_max_pdu)
-        set_socket_timeout(self.sock, _min_timeout(options.dimse_timeout, options.socket_timeout))
+        set_socket_timeout(self.sock, phase_timeout(options.dimse_timeout, options.socket_timeout))
         return self._dimse_loop()
 
     def _peer_address(self) -> str:

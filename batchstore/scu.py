@@ -24,6 +24,7 @@ from .net import (
     iter_pdvs,
     pdata_fragment_parts,
     pdata_parts,
+    phase_timeout,
 )
 
 _U32 = struct.Struct(">L")
@@ -63,11 +64,6 @@ class StoreResponse:
 
 class NoAcceptableContext(Exception):
     """The peer accepted none of the proposed presentation contexts for a file."""
-
-
-def _phase_timeout(*values: float | None) -> float | None:
-    chosen = [v for v in values if v]
-    return min(chosen) if chosen else None
 
 
 class StoreSCU:
@@ -114,7 +110,7 @@ class StoreSCU:
         stream = PDUStream(sock)
         self.stream = stream
         try:
-            stream.settimeout(_phase_timeout(opts.acse_timeout, opts.socket_timeout))
+            stream.settimeout(phase_timeout(opts.acse_timeout, opts.socket_timeout))
             request = acse.AssociationRequest(
                 calling_ae=opts.calling_ae,
                 called_ae=opts.called_ae,
@@ -138,7 +134,7 @@ class StoreSCU:
         self.accept = accept
         peer_max = accept.max_pdu or UNLIMITED_PDU
         self.send_pdu = min(peer_max, opts.max_send_pdu) if opts.max_send_pdu else peer_max
-        stream.settimeout(_phase_timeout(opts.dimse_timeout, opts.socket_timeout))
+        stream.settimeout(phase_timeout(opts.dimse_timeout, opts.socket_timeout))
         return accept
 
     @property
@@ -161,7 +157,7 @@ class StoreSCU:
         if stream is None:
             return
         try:
-            stream.settimeout(_phase_timeout(self.options.acse_timeout, self.options.socket_timeout))
+            stream.settimeout(phase_timeout(self.options.acse_timeout, self.options.socket_timeout))
             acse.release(stream)
         except (OSError, ProtocolError):
             stream.close()

@@ -31,8 +31,8 @@ from pynetdicom.presentation import build_context
 from pynetdicom.transport import AssociationSocket
 
 from . import acse
-from .net import PeerAborted, ProtocolError, tune_socket
-from .scu import AssociationOptions, StoreResponse, _phase_timeout
+from .net import PeerAborted, ProtocolError, phase_timeout, tune_socket
+from .scu import AssociationOptions, StoreResponse
 
 #: How long to wait, after pynetdicom reports "no response", for its DUL thread to tell why (abort or close).
 _SETTLE_SECONDS = 0.5
@@ -178,8 +178,8 @@ class PynetdicomSCU:
         address = _peer_address(opts.host, opts.port, opts.family)
         ae = _AE(ae_title=opts.calling_ae[:16])
         ae.connection_timeout = opts.connect_timeout
-        ae.acse_timeout = _phase_timeout(opts.acse_timeout, opts.socket_timeout)
-        ae.dimse_timeout = _phase_timeout(opts.dimse_timeout, opts.socket_timeout)
+        ae.acse_timeout = phase_timeout(opts.acse_timeout, opts.socket_timeout)
+        ae.dimse_timeout = phase_timeout(opts.dimse_timeout, opts.socket_timeout)
         ae.network_timeout = None  # like StoreSCU: an idle association is not aborted by us
         requested = [build_context(abstract, list(syntaxes)) for _cid, abstract, syntaxes in self.contexts]
         ext_neg = []
