@@ -173,6 +173,13 @@ class Journal:
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
 
+    def _key(self, path: str) -> str:
+        """`journal_key` of `path`, normalised once per path and run."""
+        key = self._keys.get(path)
+        if key is None:
+            key = self._keys[path] = journal_key(path)
+        return key
+
     def register(self, instances: list[Instance], failures: Iterable[ScanFailure] = ()) -> list[Instance]:
         """Record every input; return those still to send (not done, or changed since they were done).
 
@@ -187,11 +194,8 @@ class Journal:
                 row[0]: (row[1], row[2], row[3])
                 for row in self.db.execute("SELECT path, size, mtime_ns, category FROM files")
             }
-            keys = self._keys
             for inst in instances:
-                key = keys.get(inst.path)
-                if key is None:
-                    key = keys[inst.path] = journal_key(inst.path)
+                key = self._key(inst.path)
                 previous = known.get(key)
                 if previous is None or previous[0] != inst.size or previous[1] != inst.mtime_ns:
                     self._unregistered.append(inst)  # new, or changed since: (re)set to pending
@@ -230,7 +234,6 @@ class Journal:
         if not outcomes:
             return
         now = time.time()
-        keys = self._keys
         pending = self._pending
         run = self.run_id
         for o in outcomes:
@@ -244,7 +247,7 @@ class Journal:
                     0 if o.category == st.NOT_SENT else 1,
                     run,
                     now,
-                    keys.get(o.path) or journal_key(o.path),
+                    self._key(o.path),
                     o.category in DONE,
                 )
             )
@@ -257,13 +260,10 @@ class Journal:
 
     def _commit(self, final: bool = False) -> None:
         self._last_commit = time.monotonic()
-        waiting, keys = self._waiting, self._keys
+        waiting = self._waiting
         if self._unregistered:
             for new in self._unregistered:
-                key = keys.get(new.path)
-                if key is None:
-                    key = keys[new.path] = journal_key(new.path)
-                waiting[key] = new
+                waiting[self._key(new.path)] = new
             self._unregistered = []
         rows, self._pending = self._pending, []
         failures, self._failure_rows = self._failure_rows, []

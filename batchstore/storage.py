@@ -849,9 +849,7 @@ class Store:
         parts = [*header, dataset]
         if not (self._tmpfile and self._write_unnamed(directory, final, parts)):
             self._write_named(final, parts)
-        if self.study is not None:
-            return self._stored(sop_class, status, values, final)
-        return StoredFile(status, final, "" if status == SUCCESS else "data set does not match the request")
+        return self._stored(sop_class, status, values, final)
 
     def _write_named(self, final: str, parts: list) -> None:
         """Write `parts` to a named temporary file and rename it to `final` (deleted again on failure)."""
