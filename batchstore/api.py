@@ -20,17 +20,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from . import status as st
-from .acse import UserIdentity
-from .dispatch import Coordinator, WorkerConfig
-from .plan import Plan, PlanOptions, make_plan
-from .report import Outcome, Report
-from .scan import Instance, ScanFailure, scan
-from .scu import AssociationOptions
-from .transcode import EditOptions
+from .dicom.transcode import EditOptions
+from .net.acse import UserIdentity
+from .sender import outcomes as st
+from .sender.dispatch import Coordinator, WorkerConfig
+from .sender.plan import Plan, PlanOptions, make_plan
+from .sender.report import Outcome, Report
+from .sender.scan import Instance, ScanFailure, scan
+from .sender.scu import AssociationOptions
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from .sender.journal import Journal
 
 log = logging.getLogger("batchstore")
 
@@ -145,7 +145,7 @@ def send(
     started = time.perf_counter()
     journal: Journal | None = None
     if options.journal:
-        from .journal import Journal  # sqlite3 only with --journal
+        from .sender.journal import Journal  # sqlite3 only with --journal
 
         journal = Journal(options.journal)
         journal.begin_run(f"{options.called_ae}@{host}:{port}")
@@ -179,7 +179,7 @@ def _send(
         on_plan(plan, failures)
     report: Report
     if journal is not None:
-        from .journal import JournalReport
+        from .sender.journal import JournalReport
 
         report = JournalReport(journal_path=journal.path, already_done=scanned - len(_instances))
         user_callback = on_outcomes

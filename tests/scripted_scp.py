@@ -15,8 +15,8 @@ import socket
 import threading
 from collections.abc import Callable
 
-from batchstore import acse, dimse
-from batchstore.net import (
+from batchstore.net import acse, dimse
+from batchstore.net.pdu import (
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RQ,
     A_RELEASE_RP,

@@ -6,7 +6,7 @@ from pynetdicom import pdu as pn_pdu
 from pynetdicom import pdu_primitives as pn_prim
 from pynetdicom.presentation import PresentationContext
 
-from batchstore import acse
+from batchstore.net import acse
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchstore.asconfig import ConfigError, load_profile, load_scp_profile, profile_names, resolve_uid
-from batchstore.plan import PresentationContextProposal
-from batchstore.uids import (
+from batchstore.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
@@ -21,6 +19,8 @@ from batchstore.uids import (
     RLE_LOSSLESS,
     VERIFICATION_SOP_CLASS,
 )
+from batchstore.net.asconfig import ConfigError, load_profile, load_scp_profile, profile_names, resolve_uid
+from batchstore.sender.plan import PresentationContextProposal
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 US = "1.2.840.10008.5.1.4.1.1.6.1"

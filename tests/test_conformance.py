@@ -40,9 +40,9 @@ from scripted_scp import ScriptedSCP
 from test_receive_helpers import Receiver, wait_for
 
 import batchstore
-from batchstore import acse
-from batchstore import status as st
-from batchstore.report import (
+from batchstore.net import acse
+from batchstore.sender import outcomes as st
+from batchstore.sender.report import (
     EXIT_NOTHING_SENT,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -50,8 +50,8 @@ from batchstore.report import (
     EXIT_USAGE,
     Report,
 )
-from batchstore.scu import AssociationOptions, StoreSCU
-from batchstore.scu_pynetdicom import PynetdicomSCU, _pause_reactor
+from batchstore.sender.scu import AssociationOptions, StoreSCU
+from batchstore.sender.scu_pynetdicom import PynetdicomSCU, _pause_reactor
 
 pytestmark = pytest.mark.skipif(not os.access(DCMTK_STORESCP, os.X_OK), reason="DCMTK not installed")
 

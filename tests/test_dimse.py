@@ -7,7 +7,7 @@ from io import BytesIO
 import pytest
 from pydicom.filereader import read_dataset
 
-from batchstore import dimse
+from batchstore.net import dimse
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

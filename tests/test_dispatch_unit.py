@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from batchstore.dispatch import GC_THRESHOLDS, backoff, quiet_gc
+from batchstore.sender.dispatch import GC_THRESHOLDS, backoff, quiet_gc
 
 
 def test_quiet_gc_restores_the_callers_collector() -> None:

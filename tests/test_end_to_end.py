@@ -12,7 +12,7 @@ from gen_corpus import generate
 from peers import dataset_bytes, received_index
 from test_receive_helpers import Receiver, temp_files, wait_for
 
-from batchstore.report import EXIT_OK, EXIT_SOME_FAILED
+from batchstore.sender.report import EXIT_OK, EXIT_SOME_FAILED
 
 
 def test_send_j4_into_receive_fork_900_files(tmp_path: Path) -> None:

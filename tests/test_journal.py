@@ -17,10 +17,10 @@ from gen_corpus import generate
 from scripted_scp import ScriptedSCP
 
 import batchstore
-from batchstore import status as st
-from batchstore.journal import Journal, JournalReport, journal_key
-from batchstore.report import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Outcome
-from batchstore.scan import ScanFailure, scan
+from batchstore.sender import outcomes as st
+from batchstore.sender.journal import Journal, JournalReport, journal_key
+from batchstore.sender.report import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Outcome
+from batchstore.sender.scan import ScanFailure, scan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     return root / "c", manifest["files"]
 
 
-def _send(path: Path, port: int, journal: str, **kw: object) -> batchstore.report.Report:
+def _send(path: Path, port: int, journal: str, **kw: object) -> batchstore.sender.report.Report:
     options: dict = {"scan_directories": True, "recurse": True, "workers": 2, "retry_wait": 0.01}
     options.update(kw)
     return batchstore.send([str(path)], "127.0.0.1", port, journal=journal, **options)
@@ -160,7 +160,7 @@ def test_each_file_is_written_once_and_untried_ones_at_the_end(
     only when the run ends (or a reader asks). Later outcomes update the rows; done is never downgraded."""
     import sqlite3
 
-    import batchstore.journal as journal_module
+    import batchstore.sender.journal as journal_module
 
     monkeypatch.setattr(journal_module, "COMMIT_SECONDS", 0.0)  # every record() commits
     path, _files = corpus

@@ -6,17 +6,7 @@ import pickle
 
 import pytest
 
-from batchstore.plan import (
-    Batch,
-    ContextGroup,
-    Plan,
-    PlanOptions,
-    PresentationContextProposal,
-    choose_context,
-    make_plan,
-)
-from batchstore.scan import Instance
-from batchstore.uids import (
+from batchstore.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
@@ -27,6 +17,16 @@ from batchstore.uids import (
     RLE_LOSSLESS,
     STORAGE_SOP_CLASSES,
 )
+from batchstore.sender.plan import (
+    Batch,
+    ContextGroup,
+    Plan,
+    PlanOptions,
+    PresentationContextProposal,
+    choose_context,
+    make_plan,
+)
+from batchstore.sender.scan import Instance
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

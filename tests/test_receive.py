@@ -39,7 +39,8 @@ from test_receive_helpers import (
     write_part10,
 )
 
-from batchstore import acse, dimse, net
+from batchstore.net import acse, dimse, errors, sockets
+from batchstore.net import pdu as net
 
 pytestmark = pytest.mark.skipif(not os.access(DCMTK_STORESCU, os.X_OK), reason="DCMTK not installed")
 
@@ -238,7 +239,7 @@ def test_unaccepted_context_in_p_data_is_aborted(tmp_path: Path) -> None:
     with Receiver(tmp_path) as rx:
         scu = RawSCU(rx.port)
         scu.send_command(99, dimse.c_echo_rq(1))
-        with pytest.raises((net.PeerAborted, ConnectionError)):
+        with pytest.raises((errors.PeerAborted, ConnectionError)):
             scu.read_response()
         scu.close()
         assert wait_for(lambda: "not accepted" in rx.log())
@@ -391,7 +392,7 @@ def test_refuse_reject_and_accept_aet(tmp_path: Path) -> None:
 
 def test_aetitle_is_returned_and_contexts_logged_with_plus_v(tmp_path: Path) -> None:
     with Receiver(tmp_path, ["-aet", "MYSCP", "+v"]) as rx:
-        stream = net.PDUStream(net.connect("127.0.0.1", rx.port, 10))
+        stream = net.PDUStream(sockets.connect("127.0.0.1", rx.port, 10))
         request = acse.AssociationRequest("RAWSCU", "ANY-SCP", ((1, VERIFICATION, (IMPLICIT,)),))
         stream.pdu(net.A_ASSOCIATE_RQ, acse.encode_request(request))
         pdu_type, body = stream.read_pdu()
@@ -448,7 +449,7 @@ def test_abort_options_abort_and_store_nothing(tmp_path: Path, option: str) -> N
     uid = f"{UID_ROOT}.82"
     with Receiver(tmp_path, [option]) as rx:
         scu = RawSCU(rx.port)
-        with pytest.raises((net.PeerAborted, ConnectionError)):
+        with pytest.raises((errors.PeerAborted, ConnectionError)):
             scu.store(big_dataset(uid, 1), uid)
         scu.close()
         assert wait_for(lambda: "ABORT initiated" in rx.log())
@@ -475,14 +476,14 @@ def test_acse_and_dimse_timeouts(tmp_path: Path) -> None:
         silent.close()
         scu = RawSCU(rx.port)
         t0 = time.monotonic()
-        with pytest.raises((net.PeerAborted, ConnectionError)):
+        with pytest.raises((errors.PeerAborted, ConnectionError)):
             scu.stream.read_pdu()  # idle: the DIMSE timeout aborts the association
         assert 0.8 <= time.monotonic() - t0 < 5
         scu.close()
     with Receiver(tmp_path, ["-ts", "1"]) as rx:  # the socket timeout bounds every receive
         scu = RawSCU(rx.port)
         t0 = time.monotonic()
-        with pytest.raises((net.PeerAborted, ConnectionError)):
+        with pytest.raises((errors.PeerAborted, ConnectionError)):
             scu.stream.read_pdu()
         assert 0.8 <= time.monotonic() - t0 < 5
         scu.close()
@@ -674,8 +675,8 @@ def test_quiet_and_log_config(tmp_path: Path) -> None:
 
 
 def test_python_api_serves_in_a_thread(tmp_path: Path) -> None:
-    from batchstore.server import ReceiveOptions, Server
-    from batchstore.storage import StorageOptions
+    from batchstore.receiver.server import ReceiveOptions, Server
+    from batchstore.receiver.store import StorageOptions
 
     out = tmp_path / "out"
     out.mkdir()

@@ -21,7 +21,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 
-from batchstore import acse, dimse, net
+from batchstore.net import acse, dimse, sockets
+from batchstore.net import pdu as net
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -203,7 +204,7 @@ class RawSCU:
         implementation_class_uid: str | None = None,
         timeout: float = 20.0,
     ) -> None:
-        self.sock = net.connect(LOOPBACK, port, timeout)
+        self.sock = sockets.connect(LOOPBACK, port, timeout)
         self.sock.settimeout(timeout)
         self.stream = net.PDUStream(self.sock)
         self.stream.settimeout(timeout)

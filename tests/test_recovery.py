@@ -25,10 +25,10 @@ from peers import free_port
 from scripted_scp import Policy, ScriptedSCP
 
 import batchstore
-from batchstore import acse
-from batchstore.journal import Journal
-from batchstore.net import A_ASSOCIATE_RJ, PDUStream
-from batchstore.report import EXIT_INTERRUPTED, EXIT_OK
+from batchstore.net import acse
+from batchstore.net.pdu import A_ASSOCIATE_RJ, PDUStream
+from batchstore.sender.journal import Journal
+from batchstore.sender.report import EXIT_INTERRUPTED, EXIT_OK
 
 ROOT = Path(__file__).resolve().parent.parent
 

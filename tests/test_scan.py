@@ -22,7 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from batchstore.scan import (
+from batchstore.sender.scan import (
     CommandFileError,
     Instance,
     ScanFailure,
@@ -300,7 +300,7 @@ def _mixed_tree(root: Path, count: int) -> None:
 
 def test_parallel_scan_gives_the_serial_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Shares read by forked processes come back complete and in input order, failures included."""
-    import batchstore.scan as scan_module
+    import batchstore.sender.scan as scan_module
 
     _mixed_tree(tmp_path, 60)
     monkeypatch.setattr(scan_module, "PARALLEL_SCAN_MIN", 10)
@@ -322,7 +322,7 @@ def test_parallel_scan_gives_the_serial_result(tmp_path: Path, monkeypatch: pyte
 
 
 def test_parallel_scan_survives_failing_forks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import batchstore.scan as scan_module
+    import batchstore.sender.scan as scan_module
 
     _mixed_tree(tmp_path, 30)
     monkeypatch.setattr(scan_module, "PARALLEL_SCAN_MIN", 10)
@@ -528,7 +528,7 @@ def test_verify_bytes_agrees_with_verify_dataset(tmp_path: Path) -> None:
     """The sender checks small data sets in memory; it must reach the same verdicts as the file walker."""
     from gen_corpus import generate
 
-    from batchstore.scan import read_dataset_bytes, verify_bytes
+    from batchstore.sender.scan import read_dataset_bytes, verify_bytes
 
     generate(str(tmp_path / "c"), 80, seed=4, profile="mixed", junk=6)
     checked = truncated = 0

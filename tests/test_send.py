@@ -20,7 +20,7 @@ from gen_corpus import generate
 from peers import DcmtkStorescp, Orthanc, dataset_bytes
 
 import batchstore
-from batchstore.report import (
+from batchstore.sender.report import (
     EXIT_NO_INPUT,
     EXIT_NOTHING_SENT,
     EXIT_OK,

@@ -13,8 +13,8 @@ from gen_corpus import generate
 from scripted_scp import ScriptedSCP
 
 import batchstore
-from batchstore import status as st
-from batchstore.report import EXIT_NOTHING_SENT, EXIT_OK, EXIT_SOME_FAILED, EXIT_SOME_FAILED_RETRYABLE
+from batchstore.sender import outcomes as st
+from batchstore.sender.report import EXIT_NOTHING_SENT, EXIT_OK, EXIT_SOME_FAILED, EXIT_SOME_FAILED_RETRYABLE
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return root / "c", manifest
 
 
-def _send(corpus: Path, port: int, **kw: object) -> batchstore.report.Report:
+def _send(corpus: Path, port: int, **kw: object) -> batchstore.sender.report.Report:
     options = {"scan_directories": True, "recurse": True, "workers": 1, "retry_wait": 0.01}
     options.update(kw)
     return batchstore.send([str(corpus)], "127.0.0.1", port, **options)

@@ -15,9 +15,9 @@ import pydicom
 import pytest
 from test_receive_helpers import CT, EXPLICIT_LE, ct_dataset, encode
 
-from batchstore import storage
-from batchstore.events import Peer
-from batchstore.storage import StorageOptions, Store, file_meta
+from batchstore.receiver import store as storage
+from batchstore.receiver.events import Peer
+from batchstore.receiver.store import StorageOptions, Store, file_meta
 
 UID = "1.2.826.0.1.3680043.8.498.4242"
 

@@ -7,7 +7,7 @@ the contents of the file, as storescu/storescp do.
 
 from __future__ import annotations
 
-from ..scan import expand_command_files
+from ..sender.scan import expand_command_files
 
 #: Spellings rewritten before click sees them.
 ALIASES = {

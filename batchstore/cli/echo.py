@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
-from ..acse import AssociationRejected
-from ..net import ProtocolError
-from ..scu import AssociationOptions, StoreSCU
-from ..status import describe_error
-from ..uids import IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
+from ..dicom.uids import IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
+from ..net.acse import AssociationRejected
+from ..net.errors import NetError
+from ..sender.outcomes import describe_error
+from ..sender.scu import AssociationOptions, StoreSCU
 from .common import logging_options, setup_logging
 
 
@@ -43,7 +43,7 @@ def command(peer: str, port: int, aetitle: str, call: str, timeout: int, repeat:
                 scu.release()
                 sys.exit(6)
         scu.release()
-    except (OSError, AssociationRejected, ProtocolError) as exc:
+    except (OSError, NetError) as exc:
         click.echo(f"batchstore echo: {peer}:{port}: {describe_error(exc)}", err=True)
         sys.exit(5 if not isinstance(exc, AssociationRejected) or exc.transient else 6)
     if not kw["quiet"]:

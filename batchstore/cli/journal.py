@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ..journal import Journal, JournalError
-from ..report import EXIT_ERROR, Report
+from ..sender.journal import Journal, JournalError
+from ..sender.report import EXIT_ERROR, Report
 
 
 @click.command("journal", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -15,9 +15,9 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..events import EventOptions
-from ..server import ReceiveOptions, serve, validate
-from ..storage import StorageOptions
+from ..receiver.events import EventOptions
+from ..receiver.server import ReceiveOptions, serve, validate
+from ..receiver.store import StorageOptions
 from .common import logging_options, setup_logging, tls_options
 
 log = logging.getLogger("batchstore")

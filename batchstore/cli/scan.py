@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from ..api import SendOptions, plan_run
-from ..plan import PlanOptions
-from ..report import EXIT_NO_INPUT, EXIT_OK
-from ..uids import STORAGE_SOP_CLASSES, ts_name
+from ..dicom.uids import STORAGE_SOP_CLASSES, ts_name
+from ..sender.plan import PlanOptions
+from ..sender.report import EXIT_NO_INPUT, EXIT_OK
 from .common import input_options, logging_options, setup_logging
 from .send import PROPOSAL_OPTIONS
 

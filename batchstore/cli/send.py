@@ -11,13 +11,13 @@ from typing import Any
 
 import click
 
-from ..acse import UserIdentity
 from ..api import SendOptions, default_workers, send
-from ..journal import JournalError
-from ..plan import PlanOptions
-from ..report import EXIT_ERROR, EXIT_INTERRUPTED
-from ..transcode import EditOptions
-from ..uids import PROPOSAL_FLAGS
+from ..dicom.transcode import EditOptions
+from ..dicom.uids import PROPOSAL_FLAGS
+from ..net.acse import UserIdentity
+from ..sender.journal import JournalError
+from ..sender.plan import PlanOptions
+from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED
 from .common import input_options, logging_options, setup_logging, tls_options
 from .progress import Progress
 
@@ -208,7 +208,7 @@ def command(ctx: click.Context, **kw: Any) -> None:
     identity = _user_identity(kw)
     profile = None
     if kw["config_file"]:
-        from ..asconfig import ConfigError, load_profile
+        from ..net.asconfig import ConfigError, load_profile
 
         cfg_file, cfg_profile = kw["config_file"]
         try:

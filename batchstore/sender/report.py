@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from .status import NOT_SENT, PERMANENT, SUCCESS, TRANSIENT, WARNING
+from .outcomes import NOT_SENT, PERMANENT, SUCCESS, TRANSIENT, WARNING
 
 if TYPE_CHECKING:
     from .scan import Instance

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import status as st
+from . import outcomes as st
 from .report import EXIT_OK, Outcome, Report
 from .scan import Instance, ScanFailure
 

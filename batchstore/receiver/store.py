@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from ..dicom.uids import modality_prefix
+from ..net.acse import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .events import Peer, Study
-from .uids import modality_prefix
 
 log = logging.getLogger("batchstore.storage")
 

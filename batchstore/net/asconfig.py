@@ -15,8 +15,8 @@ from typing import Final
 from pydicom._uid_dict import UID_dictionary
 from pynetdicom import sop_class as _sop_class
 
-from .plan import PresentationContextProposal
-from .uids import LOCAL_EXPLICIT_VR, OPPOSITE_EXPLICIT_VR
+from ..dicom.uids import LOCAL_EXPLICIT_VR, OPPOSITE_EXPLICIT_VR
+from .acse import PresentationContextProposal
 
 __all__ = [
     "ConfigError",

@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .association import PREFERRED_TRANSFER_SYNTAXES, Association, AssociationResult, Negotiator
 from .events import EventOptions, EventRunner
-from .scp import PREFERRED_TRANSFER_SYNTAXES, Association, AssociationResult, Negotiator
-from .storage import StorageOptions, Store, remove_temp_files
+from .store import StorageOptions, Store, remove_temp_files
 
 log = logging.getLogger("batchstore.server")
 
@@ -209,7 +209,7 @@ def make_negotiator(options: ReceiveOptions) -> Negotiator:
         If the configuration file or profile cannot be used.
     """
     if options.config_file:
-        from .asconfig import ConfigError, load_scp_profile
+        from ..net.asconfig import ConfigError, load_scp_profile
 
         path, profile = options.config_file
         try:

@@ -33,15 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 
-from . import status as st
-from .acse import AssociationRejected
-from .net import ProtocolError
+from ..dicom.transcode import EditOptions, encode_dataset
+from ..dicom.uids import DEFLATED_EXPLICIT_VR_LE, ts_name
+from ..net.errors import NetError
+from . import outcomes as st
 from .plan import Batch, ContextGroup, choose_context
 from .report import AssociationRecord, Outcome, Report
 from .scan import SMALL_DATASET, read_dataset_bytes, verify_bytes, verify_dataset
 from .scu import AssociationOptions, StoreSCU
-from .transcode import EditOptions, encode_dataset
-from .uids import DEFLATED_EXPLICIT_VR_LE, ts_name
 
 log = logging.getLogger("batchstore.dispatch")
 
@@ -253,7 +252,7 @@ class Worker:
             attempts += 1
             try:
                 scu = self.association(batch.context_group)
-            except (OSError, AssociationRejected, ProtocolError, PermissionError) as exc:
+            except (OSError, NetError) as exc:
                 category = st.classify_error(exc)
                 if category == st.TRANSIENT:
                     # the coordinator decides: another worker, later, or fail once the peer stays away
@@ -306,7 +305,7 @@ class Worker:
                             attempts=attempts,
                         )
                     rsp = scu.store_bytes(context_id, inst.sop_class_uid, uid, data)
-            except (OSError, ProtocolError) as exc:
+            except (OSError, NetError) as exc:
                 if isinstance(exc, FileNotFoundError) or (
                     isinstance(exc, OSError) and exc.filename == inst.path
                 ):
@@ -380,7 +379,7 @@ def worker_main(worker_id: int, conn: Connection, config: WorkerConfig) -> None:
                 # away holds no files hostage
                 try:
                     worker.association(message[1])
-                except (OSError, AssociationRejected, ProtocolError) as exc:
+                except (OSError, NetError) as exc:
                     transient = st.classify_error(exc) == st.TRANSIENT
                     conn.send(("connect-failed", worker_id, st.describe_error(exc), transient))
                 conn.send(("ready", worker_id, worker.group if worker.scu is not None else -1))

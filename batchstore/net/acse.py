@@ -14,8 +14,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import __version__
-from .net import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP, A_RELEASE_RQ, PDUStream, ProtocolError
+from .. import __version__
+from .errors import NetError, ProtocolError
+from .pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP, A_RELEASE_RQ, PDUStream
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 #: batchstore's Implementation Class UID: a UUID-derived UID (PS3.5 B.2), so no organisation root is claimed.
@@ -43,6 +44,15 @@ PC_USER_REJECTION = 1
 PC_NO_REASON = 2
 PC_ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
 PC_TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+
+@dataclass(frozen=True)
+class PresentationContextProposal:
+    """One proposed presentation context: an abstract syntax and its transfer syntaxes, preferred first."""
+
+    context_id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,7 @@ class AssociationAccept:
         return {cid: ts for cid, (result, ts) in self.results.items() if result == PC_ACCEPTANCE}
 
 
-class AssociationRejected(ConnectionError):
+class AssociationRejected(NetError):
     """The peer answered A-ASSOCIATE-RJ."""
 
     def __init__(self, result: int, source: int, reason: int) -> None:

@@ -10,14 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .scan import Instance
-from .uids import (
+from ..dicom.uids import (
     PROPOSAL_MODES,
     is_native_convertible,
     is_uncompressed,
     sop_class_name,
     ts_name,
 )
+from ..net.acse import PresentationContextProposal
+from .scan import Instance
 
 __all__ = [
     "Batch",
@@ -32,15 +33,6 @@ __all__ = [
 
 #: DICOM allows at most 128 presentation contexts per association (odd IDs 1..255).
 MAX_CONTEXTS = 128
-
-
-@dataclass(frozen=True)
-class PresentationContextProposal:
-    """One proposed presentation context: an abstract syntax and its transfer syntaxes, preferred first."""
-
-    context_id: int
-    abstract_syntax: str
-    transfer_syntaxes: tuple[str, ...]
 
 
 @dataclass(frozen=True)

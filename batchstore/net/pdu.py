@@ -1,9 +1,10 @@
-"""TCP transport for the DICOM upper layer: socket options, PDU framing and exact reads.
+"""PDU framing for the DICOM upper layer: reading whole PDUs with few system calls, writing them, and
+the P-DATA-TF layouts of the send path.
 
-Every socket batchstore owns goes through here, so that ``TCP_NODELAY`` is always set and, on Linux,
-``TCP_QUICKACK`` is kept armed (DESIGN.md, decision 3: a peer that keeps Nagle's algorithm on otherwise
-costs ~40 ms per C-STORE through delayed ACKs): the sender re-arms it after every receive, the receiver
-after every send (`PDUReader`).
+Every socket a `PDUReader` or `PDUStream` owns is tuned by `sockets.tune_socket`, so ``TCP_NODELAY`` is
+always set and, on Linux, ``TCP_QUICKACK`` is kept armed (docs/design.md, "Nagle and delayed ACKs": a
+peer that keeps Nagle's algorithm on otherwise costs ~40 ms per C-STORE): the sender re-arms it after
+every receive, the receiver after every send.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import select
 import socket
 import struct
-import sys
 from collections.abc import Sequence
+
+from .errors import PeerAborted, ProtocolError
+from .sockets import quickack, set_socket_timeout, tune_socket
 
 # PDU types (PS3.8 section 9.3)
 A_ASSOCIATE_RQ = 0x01
@@ -35,101 +38,14 @@ PDU_NAMES = {
 
 _HEADER = struct.Struct(">BxL")
 PDV_HEADER = struct.Struct(">BxLLBB")  # PDU type, PDU length, PDV item length, context ID, control
-_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12 if sys.platform.startswith("linux") else None)
 
 #: A sanity bound on a single received PDU: larger is treated as a protocol error, not allocated.
 MAX_RECEIVE_PDU = 64 * 2**20
 
 
-class PeerAborted(ConnectionError):
-    """The peer sent an A-ABORT (or A-P-ABORT) PDU."""
-
-    def __init__(self, source: int = 0, reason: int = 0) -> None:
-        super().__init__(f"association aborted by peer (source {source}, reason {reason})")
-        self.source = source
-        self.reason = reason
-
-
-class ProtocolError(ConnectionError):
-    """The peer sent something the upper layer protocol does not allow at this point."""
-
-
-def tune_socket(sock: socket.socket) -> None:
-    """Set ``TCP_NODELAY`` (and ``TCP_QUICKACK`` where the platform has it) on `sock`."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    quickack(sock)
-
-
-def quickack(sock: socket.socket) -> None:
-    """Re-arm ``TCP_QUICKACK`` on Linux; the kernel clears it after each delayed ACK decision."""
-    if _TCP_QUICKACK is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
-        except OSError:
-            pass
-
-
-def connect(host: str, port: int, timeout: float | None, family: int = socket.AF_UNSPEC) -> socket.socket:
-    """Open a tuned TCP connection to `host`:`port`.
-
-    Parameters
-    ----------
-    host, port : str, int
-        The peer's address.
-    timeout : float or None
-        Connection timeout in seconds (storescu ``-to``); None waits as long as the OS does.
-    family : int
-        ``AF_INET`` (``-i4``), ``AF_INET6`` (``-i6``) or ``AF_UNSPEC`` (``-i0``).
-    """
-    last_error: OSError | None = None
-    # An ASCII name goes to getaddrinfo as bytes: a str is IDNA-encoded first, and importing that codec
-    # costs every worker process ~7 ms.
-    name: str | bytes = host.encode("ascii") if host.isascii() else host
-    for af, kind, proto, _name, address in socket.getaddrinfo(name, port, family, socket.SOCK_STREAM):
-        sock = socket.socket(af, kind, proto)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address)
-        except OSError as exc:
-            sock.close()
-            last_error = exc
-            continue
-        tune_socket(sock)
-        return sock
-    raise last_error or OSError(f"cannot resolve {host}")
-
-
 #: Receive buffer of a `PDUReader`: a C-STORE-RSP, a command set or a small data set's PDUs arrive in
 #: one ``recv_into``; a larger PDU is received straight into a buffer of its own.
 RECV_BUFFER = 1 << 18
-
-
-def phase_timeout(*values: float | None) -> float | None:
-    """The shortest of the timeouts that are set (None or 0: not set); None if none is.
-
-    A phase (association negotiation, DIMSE) ends at whichever bound comes first: its own timeout
-    (``-ta``, ``-td``) or the socket's (``-ts``).
-    """
-    chosen = [v for v in values if v]
-    return min(chosen) if chosen else None
-
-
-def set_socket_timeout(sock: socket.socket, seconds: float | None) -> None:
-    """Bound every blocking receive and send on `sock` (``SO_RCVTIMEO``/``SO_SNDTIMEO``, as DCMTK's -ts).
-
-    Kernel-side timeouts keep one system call per receive and per send, where Python's
-    `socket.settimeout` adds a ``poll`` before each of them: two of the ~8 system calls of a 1 KB
-    C-STORE. An expired timeout surfaces as `TimeoutError` from `PDUReader` and `PDUStream`.
-    Where the platform refuses the options, Python's own timeout is used instead.
-    """
-    sock.settimeout(None)
-    whole = int(seconds or 0)
-    value = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1e6))
-    try:
-        for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-            sock.setsockopt(socket.SOL_SOCKET, option, value)
-    except (OSError, AttributeError):
-        sock.settimeout(seconds if seconds else None)
 
 
 class PDUReader:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import socket
 
-from .acse import AssociationRejected
-from .net import PeerAborted, ProtocolError
+from ..net.errors import NetError
 
 SUCCESS = "success"
 WARNING = "warning"
@@ -87,11 +86,9 @@ def classify_error(exc: BaseException) -> str:
     Association rejected-transient, A-ABORT, timeouts, refused or reset connections are `TRANSIENT`;
     rejected-permanent, protocol errors from the peer and anything else are `PERMANENT`.
     """
-    if isinstance(exc, AssociationRejected):
+    if isinstance(exc, NetError):  # what the peer did: AssociationRejected, PeerAborted, ProtocolError
         return TRANSIENT if exc.transient else PERMANENT
-    if isinstance(exc, (PeerAborted, TimeoutError, socket.timeout, ConnectionError, BrokenPipeError)):
-        if isinstance(exc, ProtocolError):
-            return PERMANENT
+    if isinstance(exc, (TimeoutError, socket.timeout, ConnectionError)):
         return TRANSIENT
     if isinstance(exc, OSError) and exc.errno is not None:
         import errno

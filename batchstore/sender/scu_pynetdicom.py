@@ -30,8 +30,9 @@ from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, MaximumLengthNotificat
 from pynetdicom.presentation import build_context
 from pynetdicom.transport import AssociationSocket
 
-from . import acse
-from .net import PeerAborted, ProtocolError, phase_timeout, tune_socket
+from ..net import acse
+from ..net.errors import PeerAborted, ProtocolError
+from ..net.sockets import phase_timeout, tune_socket
 from .scu import AssociationOptions, StoreResponse
 
 #: How long to wait, after pynetdicom reports "no response", for its DUL thread to tell why (abort or close).

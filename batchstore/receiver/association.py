@@ -22,9 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from . import acse, dimse
-from .events import EventRunner, Peer
-from .net import (
+from ..dicom.uids import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from ..net import acse, dimse
+from ..net.errors import PeerAborted, ProtocolError
+from ..net.pdu import (
     A_ABORT,
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RJ,
@@ -34,16 +35,11 @@ from .net import (
     P_DATA_TF,
     PDU_NAMES,
     PDUReader,
-    PeerAborted,
-    ProtocolError,
     pdata_parts,
-    phase_timeout,
-    quickack,
-    set_socket_timeout,
-    tune_socket,
 )
-from .storage import Discard, Incoming, Store
-from .uids import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
+from ..net.sockets import phase_timeout, quickack, set_socket_timeout, tune_socket
+from .events import EventRunner, Peer
+from .store import Discard, Incoming, Store
 
 if TYPE_CHECKING:
     from .server import ReceiveOptions

@@ -14,18 +14,10 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from . import acse, dimse
-from .net import (
-    P_DATA_TF,
-    PDV_HEADER,
-    PDUStream,
-    ProtocolError,
-    connect,
-    iter_pdvs,
-    pdata_fragment_parts,
-    pdata_parts,
-    phase_timeout,
-)
+from ..net import acse, dimse
+from ..net.errors import NetError, ProtocolError
+from ..net.pdu import P_DATA_TF, PDV_HEADER, PDUStream, iter_pdvs, pdata_fragment_parts, pdata_parts
+from ..net.sockets import connect, phase_timeout
 
 _U32 = struct.Struct(">L")
 
@@ -159,7 +151,7 @@ class StoreSCU:
         try:
             stream.settimeout(phase_timeout(self.options.acse_timeout, self.options.socket_timeout))
             acse.release(stream)
-        except (OSError, ProtocolError):
+        except (OSError, NetError):
             stream.close()
 
     def abort(self) -> None:
