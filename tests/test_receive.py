@@ -675,8 +675,9 @@ def test_quiet_and_log_config(tmp_path: Path) -> None:
 
 
 def test_python_api_serves_in_a_thread(tmp_path: Path) -> None:
-    from batchstore.receiver.server import ReceiveOptions, Server
-    from batchstore.receiver.store import StorageOptions
+    from batchstore.receiver.options import StorageOptions
+    from batchstore.receiver.options import ReceiveOptions
+    from batchstore.receiver.server import Server
 
     out = tmp_path / "out"
     out.mkdir()

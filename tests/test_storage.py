@@ -1,4 +1,4 @@
-"""batchstore.storage in process: how a data set received whole reaches its final name (no network).
+"""batchstore.receiver.store in process: how a data set received whole reaches its final name (no network).
 
 `Store.store` writes a small data set into an unnamed file (``O_TMPFILE``) and links it under its final name;
 where that is not possible it falls back to a named temporary file and a rename. Both must write the same
@@ -15,9 +15,12 @@ import pydicom
 import pytest
 from test_receive_helpers import CT, EXPLICIT_LE, ct_dataset, encode
 
+from batchstore.dicom.meta import file_meta
+from batchstore.net import status
 from batchstore.receiver import store as storage
 from batchstore.receiver.events import Peer
-from batchstore.receiver.store import StorageOptions, Store, file_meta
+from batchstore.receiver.options import StorageOptions
+from batchstore.receiver.store import Store
 
 UID = "1.2.826.0.1.3680043.8.498.4242"
 
@@ -76,7 +79,7 @@ def test_existing_file_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_mismatching_data_set_is_reported(tmp_path: Path) -> None:
     """The data set names another instance than its C-STORE-RQ: the status says so (as storescp does)."""
     result = _store(tmp_path, encode(ct_dataset(UID + ".9")))
-    assert result.status == storage.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert result.status == status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert "does not match" in result.comment
 
 
@@ -84,5 +87,33 @@ def test_unwritable_directory_is_a_failure_status_not_a_crash(tmp_path: Path) ->
     store = Store(StorageOptions(output_dir=str(tmp_path)))
     store.root = str(tmp_path / "gone")  # removed under the receiver
     result = store.store(CT, UID, EXPLICIT_LE, "SENDER", encode(ct_dataset(UID)), Peer())
-    assert result.status == storage.OUT_OF_RESOURCES
+    assert result.status == status.OUT_OF_RESOURCES
     assert result.path is None
+
+
+@pytest.mark.parametrize("path", ["unnamed-file", "named-fallback", "streamed"])
+def test_time_names_never_replace_an_existing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """``-tn``: a name another process took after this one chose it (two children, same millisecond) is
+    not overwritten; the object gets the next serial and the earlier file keeps its bytes."""
+    monkeypatch.setattr(storage, "_timestamp", lambda now: ("20261203", "101500123"))
+    # The race: the other child's file appears after the existence check of the name.
+    monkeypatch.setattr(storage.os.path, "lexists", lambda p: False)
+    earlier = tmp_path / "20261203101500123.CT"
+    earlier.write_bytes(b"acknowledged earlier")
+    _watch_tmpfile(monkeypatch, refuse=path == "named-fallback")
+    data = encode(ct_dataset(UID))
+    store = Store(StorageOptions(output_dir=str(tmp_path), filenames="time"))
+    if path == "streamed":
+        incoming = store.begin(CT, UID, EXPLICIT_LE, "SENDER")
+        incoming.write(data)
+        incoming.flush()
+        result = store.complete(incoming, Peer())
+    else:
+        result = store.store(CT, UID, EXPLICIT_LE, "SENDER", data, Peer())
+    assert result.status == 0
+    assert earlier.read_bytes() == b"acknowledged earlier"
+    assert result.path == str(tmp_path / "20261203101500123_0000.CT")
+    assert pydicom.dcmread(result.path).SOPInstanceUID == UID
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["20261203101500123.CT", "20261203101500123_0000.CT"]

@@ -16,8 +16,8 @@ import click
 
 from .. import __version__
 from ..receiver.events import EventOptions
-from ..receiver.server import ReceiveOptions, serve, validate
-from ..receiver.store import StorageOptions
+from ..receiver.options import ReceiveOptions, StorageOptions, validate
+from ..receiver.server import serve
 from .common import logging_options, setup_logging, tls_options
 
 log = logging.getLogger("batchstore")
@@ -51,7 +51,7 @@ def _valued(group: str, kind: str, *decls: str, help: str, **kw: Any) -> Callabl
     return click.option(*decls, expose_value=False, callback=callback, help=help, **kw)
 
 
-#: storescp's ``+x…`` options: (short, long, preference in `scp.PREFERRED_TRANSFER_SYNTAXES`, help).
+#: storescp's ``+x…`` options: (short, long, preference in `receiver.negotiation.PREFERRED_TRANSFER_SYNTAXES`, help).
 PREFERENCE_OPTIONS = [
     ("+x=", "--prefer-uncompr", "uncompr", "prefer explicit VR local byte order (default)"),
     ("+xe", "--prefer-little", "little", "prefer explicit VR little endian TS"),

@@ -14,16 +14,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import __version__
+from ..dicom.meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .errors import NetError, ProtocolError
 from .pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_RELEASE_RP, A_RELEASE_RQ, PDUStream
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-#: batchstore's Implementation Class UID: a UUID-derived UID (PS3.5 B.2), so no organisation root is claimed.
-#: UUID-derived (2.25 + the integer of UUID 6d1c6a51-36c4-4f6e-9a43-8c2b7f1d0b5e), written out so that
-#: the uuid module (and the platform module it imports) is not loaded on every run.
-IMPLEMENTATION_CLASS_UID = "2.25.145033392222443471150797085216599771998"
-IMPLEMENTATION_VERSION_NAME = ("BATCHSTORE_" + __version__.replace(".", ""))[:16]
 
 # A-ASSOCIATE-RJ result / source / reason values (PS3.8 Table 9-21)
 RESULT_REJECTED_PERMANENT = 1

@@ -1,7 +1,7 @@
 """The Storage SCP's association: one synchronous loop, in whatever process runs it.
 
 It reads the A-ASSOCIATE-RQ, answers it (`Negotiator` decides each presentation context), then for each
-C-STORE-RQ hands the data set to `storage.Store` (a data set that comes in one P-DATA fragment, as every
+C-STORE-RQ hands the data set to `receiver.store.Store` (a data set that comes in one P-DATA fragment, as every
 small one does, in one call; a larger one fragment by fragment, streamed into a temporary file) and answers
 C-STORE-RSP once the file is in place; C-ECHO-RQ is answered at once. No pynetdicom `Association`, no
 threads: one ``recv_into`` per burst of PDUs, one ``sendall`` per response.
@@ -18,11 +18,9 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..dicom.uids import STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS
 from ..net import acse, dimse
 from ..net.errors import PeerAborted, ProtocolError
 from ..net.pdu import (
@@ -39,164 +37,14 @@ from ..net.pdu import (
 )
 from ..net.sockets import phase_timeout, quickack, set_socket_timeout, tune_socket
 from .events import EventRunner, Peer
-from .store import Discard, Incoming, Store
+from .files import Discard, Incoming
+from .negotiation import Negotiator
+from .store import Store
 
 if TYPE_CHECKING:
-    from .server import ReceiveOptions
+    from .options import ReceiveOptions
 
 log = logging.getLogger("batchstore.scp")
-
-# Transfer syntaxes, in the order storescp prefers them.
-IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
-ENCAPSULATED_UNCOMPRESSED = "1.2.840.10008.1.2.1.98"
-DEFLATED = "1.2.840.10008.1.2.1.99"
-EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
-JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
-JPEG_LS_LOSSY = "1.2.840.10008.1.2.4.81"
-JPEG_2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
-JPEG_2000 = "1.2.840.10008.1.2.4.91"
-MPEG2_MPML = "1.2.840.10008.1.2.4.100"
-MPEG2_MPHL = "1.2.840.10008.1.2.4.101"
-MPEG4_HP41 = "1.2.840.10008.1.2.4.102"
-MPEG4_HP41_BD = "1.2.840.10008.1.2.4.103"
-MPEG4_HP42_2D = "1.2.840.10008.1.2.4.104"
-MPEG4_HP42_3D = "1.2.840.10008.1.2.4.105"
-MPEG4_HP42_STEREO = "1.2.840.10008.1.2.4.106"
-HEVC_MAIN = "1.2.840.10008.1.2.4.107"
-HEVC_MAIN10 = "1.2.840.10008.1.2.4.108"
-JPEG_XL_LOSSLESS = "1.2.840.10008.1.2.4.110"
-JPEG_XL_RECOMPRESSION = "1.2.840.10008.1.2.4.111"
-JPEG_XL = "1.2.840.10008.1.2.4.112"
-HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
-HTJ2K_RPCL_LOSSLESS = "1.2.840.10008.1.2.4.202"
-HTJ2K = "1.2.840.10008.1.2.4.203"
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-
-_UNCOMPRESSED = (EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE)
-
-
-def _preferring(ts: str) -> tuple[str, ...]:
-    return (ts, *_UNCOMPRESSED)
-
-
-#: storescp's ``+x…`` options: mode -> accepted transfer syntaxes, most preferred first.
-PREFERRED_TRANSFER_SYNTAXES: dict[str, tuple[str, ...]] = {
-    "uncompr": _UNCOMPRESSED,  # +x= (little endian host)
-    "little": _UNCOMPRESSED,  # +xe
-    "big": (EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE),  # +xb
-    "lossless": _preferring(JPEG_LOSSLESS_SV1),  # +xs
-    "jpeg8": _preferring(JPEG_BASELINE),  # +xy
-    "jpeg12": _preferring(JPEG_EXTENDED),  # +xx
-    "j2k-lossless": _preferring(JPEG_2000_LOSSLESS),  # +xv
-    "j2k-lossy": _preferring(JPEG_2000),  # +xw
-    "jls-lossless": _preferring(JPEG_LS_LOSSLESS),  # +xt
-    "jls-lossy": _preferring(JPEG_LS_LOSSY),  # +xu
-    "mpeg2": _preferring(MPEG2_MPML),  # +xm
-    "mpeg2-high": _preferring(MPEG2_MPHL),  # +xh
-    "mpeg4": _preferring(MPEG4_HP41),  # +xn
-    "mpeg4-bd": _preferring(MPEG4_HP41_BD),  # +xl
-    "mpeg4-2-2d": _preferring(MPEG4_HP42_2D),  # +x2
-    "mpeg4-2-3d": _preferring(MPEG4_HP42_3D),  # +x3
-    "mpeg4-2-st": _preferring(MPEG4_HP42_STEREO),  # +xo
-    "hevc": _preferring(HEVC_MAIN),  # +x4
-    "hevc10": _preferring(HEVC_MAIN10),  # +x5
-    "rle": _preferring(RLE_LOSSLESS),  # +xr
-    "deflated": _preferring(DEFLATED),  # +xd
-    "implicit": (IMPLICIT_VR_LE,),  # +xi
-    "accept-all": (  # +xa: the man page's list, compressed first as storescp does
-        JPEG_2000,
-        JPEG_2000_LOSSLESS,
-        JPEG_EXTENDED,
-        JPEG_BASELINE,
-        JPEG_LOSSLESS_SV1,
-        JPEG_LS_LOSSY,
-        JPEG_LS_LOSSLESS,
-        RLE_LOSSLESS,
-        MPEG2_MPML,
-        MPEG2_MPML + ".1",
-        MPEG2_MPHL,
-        MPEG2_MPHL + ".1",
-        MPEG4_HP41,
-        MPEG4_HP41 + ".1",
-        MPEG4_HP41_BD,
-        MPEG4_HP41_BD + ".1",
-        MPEG4_HP42_2D,
-        MPEG4_HP42_2D + ".1",
-        MPEG4_HP42_3D,
-        MPEG4_HP42_3D + ".1",
-        MPEG4_HP42_STEREO,
-        MPEG4_HP42_STEREO + ".1",
-        HEVC_MAIN,
-        HEVC_MAIN10,
-        JPEG_XL_LOSSLESS,
-        JPEG_XL_RECOMPRESSION,
-        JPEG_XL,
-        HTJ2K_LOSSLESS,
-        HTJ2K_RPCL_LOSSLESS,
-        HTJ2K,
-        DEFLATED,
-        ENCAPSULATED_UNCOMPRESSED,
-        *_UNCOMPRESSED,
-    ),
-}
-
-
-def storage_sop_classes() -> frozenset[str]:
-    """Every storage SOP class UID batchstore knows (`uids.STORAGE_SOP_CLASSES`)."""
-    return frozenset(STORAGE_SOP_CLASSES)
-
-
-class Negotiator:
-    """Decides each proposed presentation context, as storescp does.
-
-    Parameters
-    ----------
-    preferred : sequence of str
-        Accepted transfer syntaxes, most preferred first (`PREFERRED_TRANSFER_SYNTAXES`).
-    profile : dict, optional
-        ``-xf``: abstract syntax -> accepted transfer syntaxes in order of preference; replaces the
-        built-in SOP classes and `preferred` entirely.
-    promiscuous : bool
-        ``-pm``: accept any abstract syntax, not only known storage SOP classes and Verification.
-    """
-
-    def __init__(
-        self,
-        preferred: Iterable[str] = _UNCOMPRESSED,
-        profile: dict[str, tuple[str, ...]] | None = None,
-        promiscuous: bool = False,
-        sop_classes: frozenset[str] | None = None,
-    ) -> None:
-        self.preferred = tuple(preferred)
-        self.profile = profile
-        self.promiscuous = promiscuous
-        self.sop_classes = (sop_classes if sop_classes is not None else storage_sop_classes()) | {
-            VERIFICATION_SOP_CLASS
-        }
-
-    def decide(self, abstract: str, proposed: Iterable[str]) -> tuple[int, str]:
-        """Return (result, transfer syntax) for one presentation context (PS3.8 Table 9-18 results)."""
-        offered = set(proposed)
-        if self.profile is not None:
-            wanted: tuple[str, ...] | None = self.profile.get(abstract)
-            if wanted is None:
-                return acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, ""
-        elif abstract in self.sop_classes or self.promiscuous:
-            wanted = self.preferred
-        else:
-            return acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, ""
-        for ts in wanted:
-            if ts in offered:
-                return acse.PC_ACCEPTANCE, ts
-        return acse.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, ""
-
-    def results(self, request: acse.AssociationRequest) -> dict[int, tuple[int, str]]:
-        return {cid: self.decide(abstract, syntaxes) for cid, abstract, syntaxes in request.contexts}
-
 
 @dataclass(frozen=True)
 class AssociationResult:
@@ -246,7 +94,7 @@ class Association:
         The peer's IP address and port.
     options : ReceiveOptions
     negotiator : Negotiator
-    store : storage.Store
+    store : receiver.store.Store
     events : events.EventRunner
     """
 

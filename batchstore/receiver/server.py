@@ -3,8 +3,8 @@
 
 `serve` is the Python API behind ``batchstore receive``::
 
-    from batchstore.server import ReceiveOptions, serve
-    from batchstore.storage import StorageOptions
+    from batchstore.receiver.options import ReceiveOptions, StorageOptions
+    from batchstore.receiver.server import serve
 
     serve(ReceiveOptions(port=11112, host="127.0.0.1", mode="fork",
                          storage=StorageOptions(output_dir="/data/in")))
@@ -18,8 +18,6 @@ finish (exit 0); SIGINT stops at once, killing the children (exit 130).
 
 from __future__ import annotations
 
-import fnmatch
-import ipaddress
 import logging
 import os
 import select
@@ -29,176 +27,19 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from .association import PREFERRED_TRANSFER_SYNTAXES, Association, AssociationResult, Negotiator
-from .events import EventOptions, EventRunner
-from .store import StorageOptions, Store, remove_temp_files
+from .association import Association, AssociationResult
+from .events import EventRunner
+from .files import remove_temp_files
+from .hosts import HostAccess
+from .negotiation import PREFERRED_TRANSFER_SYNTAXES, Negotiator
+from .options import ReceiveOptions, validate
+from .store import Store
 
 log = logging.getLogger("batchstore.server")
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
-
-MODES = ("single", "fork", "inetd")
-
-
-@dataclass(frozen=True)
-class ReceiveOptions:
-    """Everything ``batchstore receive`` can be told (storescp's options plus a few of batchstore's own).
-
-    Attributes
-    ----------
-    port : int
-        TCP port to listen on; 0 picks a free one (see `port_file`).
-    host : str
-        Address to bind (storescp binds all interfaces: ``0.0.0.0``).
-    port_file : str or None
-        Write the bound port to this file once listening.
-    mode : str
-        ``single`` (``--single-process``), ``fork`` (``--fork``) or ``inetd`` (``--inetd``: one association
-        on the socket inherited as standard input).
-    max_associations : int
-        ``--fork``: at most this many associations at a time (0: no limit).
-    ae_title : str
-        ``-aet``: our AE title, returned in the A-ASSOCIATE-AC (called AE titles are not checked).
-    max_pdu : int
-        ``-pdu``: our maximum receive PDU length (4096..131072).
-    preferred : str
-        A key of `scp.PREFERRED_TRANSFER_SYNTAXES` (``+x=``, ``+xe`` … ``+xa``).
-    config_file : (str, str) or None
-        ``-xf``: association negotiation profile (file, profile name); replaces `preferred`.
-    promiscuous : bool
-        ``-pm``: accept unknown SOP classes.
-    refuse : bool
-        ``--refuse``: reject every association.
-    reject_without_implementation_uid : bool
-        ``--reject``: reject associations whose request has no Implementation Class UID.
-    accept_aets : tuple of str
-        ``--accept-aet``: allowed calling AE titles (empty: all); others are rejected (permanent,
-        service user, reason 3 "calling AE title not recognized").
-    access_control : bool
-        ``+ac``: enforce `hosts_allow`/`hosts_deny` rules for daemon ``storescp`` or ``batchstore``.
-    host_lookup : bool
-        False with ``-dhl``: never resolve the peer's host name (``#r`` is its IP address).
-    socket_timeout, acse_timeout, dimse_timeout : float or None
-        ``-ts`` (default 60), ``-ta`` (30), ``-td`` (none); 0 or None: no timeout.
-    sleep_after, sleep_during : float
-        ``--sleep-after``: seconds to sleep after each C-STORE (after its response);
-        ``--sleep-during``: seconds to sleep at the start of a C-STORE, after each data set PDV and before
-        storing it.
-    abort_after, abort_during : bool
-        ``--abort-after``: A-ABORT once a data set was received, before answering (nothing is stored);
-        ``--abort-during``: A-ABORT after the first data set PDV.
-    verbose_pc : bool
-        ``+v``: log the presentation contexts in verbose mode.
-    storage : StorageOptions
-        Output options (``-od``, ``--ignore``, file format, naming, sorting).
-    events : EventOptions
-        ``-xcr -xcs -rns -tos -xs``.
-    """
-
-    port: int = 104
-    host: str = "0.0.0.0"
-    port_file: str | None = None
-    mode: str = "single"
-    max_associations: int = 0
-    ae_title: str = "STORESCP"
-    max_pdu: int = 16384
-    preferred: str = "uncompr"
-    config_file: tuple[str, str] | None = None
-    promiscuous: bool = False
-    refuse: bool = False
-    reject_without_implementation_uid: bool = False
-    accept_aets: tuple[str, ...] = ()
-    access_control: bool = False
-    hosts_allow: str = "/etc/hosts.allow"
-    hosts_deny: str = "/etc/hosts.deny"
-    host_lookup: bool = True
-    socket_timeout: float | None = 60.0
-    acse_timeout: float | None = 30.0
-    dimse_timeout: float | None = None
-    sleep_after: float = 0.0
-    sleep_during: float = 0.0
-    abort_after: bool = False
-    abort_during: bool = False
-    verbose_pc: bool = False
-    storage: StorageOptions = field(default_factory=StorageOptions)
-    events: EventOptions = field(default_factory=EventOptions)
-
-
-def validate(options: ReceiveOptions) -> None:
-    """Check option combinations the way storescp does.
-
-    Raises
-    ------
-    ValueError
-        With a message naming the options in conflict.
-    """
-    storage, events = options.storage, options.events
-    if options.mode not in MODES:
-        raise ValueError(f"unknown mode {options.mode!r} (one of {', '.join(MODES)})")
-    if options.mode != "inetd" and not 0 <= options.port <= 65535:
-        raise ValueError(f"port {options.port} out of range 0..65535")
-    if options.max_pdu != 0 and not 4096 <= options.max_pdu <= 131072:
-        raise ValueError(f"--max-pdu {options.max_pdu} is not 0 (unlimited) or in the range 4096..131072")
-    if not 1 <= len(options.ae_title) <= 16:
-        raise ValueError("--aetitle must be 1 to 16 characters")
-    if options.preferred not in PREFERRED_TRANSFER_SYNTAXES:
-        raise ValueError(f"unknown transfer syntax preference {options.preferred!r}")
-    if options.config_file and options.promiscuous:
-        raise ValueError("--promiscuous cannot be used with --config-file")
-    if options.max_associations < 0:
-        raise ValueError("--max-associations must be 0 (no limit) or more")
-    if options.mode in ("fork", "inetd"):
-        flag = "--fork" if options.mode == "fork" else "--inetd"
-        for given, name in (
-            (events.exec_on_eostudy, "--exec-on-eostudy"),
-            (events.rename_on_eostudy, "--rename-on-eostudy"),
-            (storage.sort == "conc", "--sort-conc-studies"),
-        ):
-            if given:
-                raise ValueError(
-                    f"{name} cannot be used with {flag}: the end of a study spans associations, "
-                    "and each association runs in a process of its own"
-                )
-    if events.rename_on_eostudy and storage.sort is None:
-        raise ValueError(
-            "--rename-on-eostudy needs one of --sort-conc-studies, --sort-on-study-uid, --sort-on-patientname"
-        )
-    if events.eostudy_timeout is not None and not (
-        storage.sort or events.exec_on_eostudy or events.rename_on_eostudy
-    ):
-        raise ValueError("--eostudy-timeout needs --sort-xxx, --exec-on-eostudy or --rename-on-eostudy")
-    if storage.bit_preserving:
-        for given, name in (
-            (storage.write_xfer != "same", "--write-xfer-" + storage.write_xfer),
-            (not storage.new_vr, "--disable-new-vr"),
-            (storage.group_length != "recalc", "--group-length-" + storage.group_length),
-            (not storage.explicit_length, "--length-undefined"),
-            (storage.padding is not None, "--padding-create"),
-            (storage.convert_un, "--convert-un"),
-            (storage.compression_level is not None, "--compression-level"),
-            (storage.sort is not None, "--sort-xxx"),
-        ):
-            if given:
-                raise ValueError(f"{name} cannot be used with --bit-preserving")
-    if storage.padding is not None:
-        if not storage.write_meta:
-            raise ValueError("--padding-create cannot be used with --write-dataset")
-        if min(storage.padding) < 0:
-            raise ValueError("--padding-create values must not be negative")
-    if storage.compression_level is not None:
-        if storage.write_xfer not in ("same", "deflated"):
-            raise ValueError("--compression-level only with --write-xfer-deflated or --write-xfer-same")
-        if not 0 <= storage.compression_level <= 9:
-            raise ValueError("--compression-level must be 0..9")
-    if not os.path.isdir(storage.output_dir):
-        raise ValueError(f"output directory does not exist: {storage.output_dir}")
-    for value, name in ((options.sleep_after, "--sleep-after"), (options.sleep_during, "--sleep-during")):
-        if value < 0:
-            raise ValueError(f"{name} must not be negative")
-
 
 def make_negotiator(options: ReceiveOptions) -> Negotiator:
     """The presentation context policy of `options` (reads the ``-xf`` profile).
@@ -218,120 +59,6 @@ def make_negotiator(options: ReceiveOptions) -> Negotiator:
             raise ValueError(f"--config-file {path} {profile}: {exc}") from None
         return Negotiator(profile=dict(contexts))
     return Negotiator(PREFERRED_TRANSFER_SYNTAXES[options.preferred], promiscuous=options.promiscuous)
-
-
-# --------------------------------------------------------------------------------------------------------
-# host access control (tcp wrapper style)
-
-
-class HostAccess:
-    """A small hosts_access(5) implementation: ``daemon_list : client_list [: options]`` lines.
-
-    Access is granted when a rule in `allow_path` matches, else denied when one in `deny_path` matches,
-    else granted. Daemon lists match ``storescp``, ``batchstore`` or ``ALL``. Client patterns: ``ALL``,
-    ``LOCAL``, ``KNOWN``, ``UNKNOWN``, an address, an address prefix (``127.``), a network
-    (``10.0.0.0/255.0.0.0`` or ``10.0.0.0/8``), a host name, a domain suffix (``.example.org``), ``*``/``?``
-    wildcards, and ``EXCEPT``. Options after a second colon are ignored.
-    """
-
-    DAEMONS = ("storescp", "batchstore")
-
-    def __init__(
-        self, allow_path: str = "/etc/hosts.allow", deny_path: str = "/etc/hosts.deny", lookup: bool = True
-    ) -> None:
-        self.allow = self._parse(allow_path)
-        self.deny = self._parse(deny_path)
-        self.lookup = lookup
-
-    @staticmethod
-    def _parse(path: str) -> list[tuple[list[str], list[str]]]:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
-        except OSError:
-            return []
-        rules = []
-        for line in text.replace("\\\n", " ").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if not line or ":" not in line:
-                continue
-            daemons, rest = line.split(":", 1)
-            clients = rest.split(":", 1)[0] if not rest.lstrip().startswith("[") else rest
-            rules.append((daemons.replace(",", " ").split(), clients.replace(",", " ").split()))
-        return rules
-
-    def allowed(self, ip: str) -> bool:
-        """True when the host at `ip` may connect."""
-        host: list[str | None] = []
-
-        def hostname() -> str | None:
-            if not host:
-                name = None
-                if self.lookup:
-                    try:
-                        name = socket.gethostbyaddr(ip)[0].lower()
-                    except OSError:
-                        name = None
-                host.append(name)
-            return host[0]
-
-        def client(pattern: str) -> bool:
-            return self._client_matches(pattern, ip, hostname)
-
-        def daemon(pattern: str) -> bool:
-            return pattern == "ALL" or pattern.lower() in self.DAEMONS
-
-        for rules, verdict in ((self.allow, True), (self.deny, False)):
-            for daemons, clients in rules:
-                if _list_matches(daemons, daemon) and _list_matches(clients, client):
-                    return verdict
-        return True
-
-    @staticmethod
-    def _client_matches(pattern: str, ip: str, hostname: Callable[[], str | None]) -> bool:
-        if "@" in pattern:
-            pattern = pattern.split("@", 1)[1]
-        if pattern == "ALL":
-            return True
-        if pattern == "LOCAL":
-            name = hostname()
-            return name is not None and "." not in name
-        if pattern in ("KNOWN", "UNKNOWN"):
-            return (hostname() is not None) == (pattern == "KNOWN")
-        if pattern == "PARANOID":
-            return False
-        bare = pattern.strip("[]")
-        if "/" in bare:
-            try:
-                return ipaddress.ip_address(ip) in ipaddress.ip_network(bare, strict=False)
-            except ValueError:
-                return False
-        if pattern.endswith("."):
-            return ip.startswith(pattern)
-        if "*" in pattern or "?" in pattern:
-            name = hostname() or ""
-            return fnmatch.fnmatch(ip, pattern) or fnmatch.fnmatch(name, pattern.lower())
-        try:
-            return ipaddress.ip_address(bare) == ipaddress.ip_address(ip)
-        except ValueError:
-            pass
-        name = hostname()
-        if name is None:
-            return False
-        if pattern.startswith("."):
-            return name.endswith(pattern.lower())
-        return name == pattern.lower()
-
-
-def _list_matches(items: list[str], matches: Callable[[str], bool]) -> bool:
-    if "EXCEPT" in items:
-        at = items.index("EXCEPT")
-        return _list_matches(items[:at], matches) and not _list_matches(items[at + 1 :], matches)
-    return any(matches(item) for item in items)
-
-
-# --------------------------------------------------------------------------------------------------------
-# serving
 
 
 def serve(options: ReceiveOptions, ready: Callable[[int], None] | None = None) -> int:
