@@ -10,6 +10,7 @@ Scripts call it directly::
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -20,14 +21,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from .dicom.part10 import Instance, ScanFailure
 from .dicom.transcode import EditOptions
 from .net.acse import UserIdentity
 from .sender import outcomes as st
-from .sender.dispatch import Coordinator, WorkerConfig
+from .sender.coordinator import Coordinator
 from .sender.plan import Plan, PlanOptions, make_plan
 from .sender.report import Outcome, Report
-from .sender.scan import Instance, ScanFailure, scan
+from .sender.scan import scan
 from .sender.scu import AssociationOptions
+from .sender.worker import WorkerConfig
 
 if TYPE_CHECKING:
     from .sender.journal import Journal
@@ -245,12 +248,35 @@ def _send(
 
 
 def rename_processed(report: Report) -> None:
-    """storescu ``+rn``: append ``.done`` to delivered files and ``.bad`` to failed ones."""
+    """storescu ``+rn``: append ``.done`` to delivered files and ``.bad`` to failed ones.
+
+    An existing ``.done``/``.bad`` file is never overwritten: the source is left as it is, with a warning.
+    """
     for outcome in report.outcomes:
         if outcome.category == st.NOT_SENT or not os.path.isfile(outcome.path):
             continue
-        suffix = ".done" if outcome.delivered else ".bad"
+        target = outcome.path + (".done" if outcome.delivered else ".bad")
         try:
-            os.replace(outcome.path, outcome.path + suffix)
+            _rename_no_clobber(outcome.path, target)
+        except FileExistsError:
+            log.warning("not renaming %s: %s already exists", outcome.path, target)
         except OSError as exc:
             log.warning("cannot rename %s: %s", outcome.path, exc.strerror)
+
+
+def _rename_no_clobber(source: str, target: str) -> None:
+    """Rename `source` to `target`, raising `FileExistsError` if `target` exists.
+
+    A hard link and an unlink make the check and the rename one step; where the file system has no hard
+    links, the check comes just before the rename.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "File exists", target) from None
+        os.rename(source, target)
+        return
+    os.unlink(source)

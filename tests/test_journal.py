@@ -17,10 +17,11 @@ from gen_corpus import generate
 from scripted_scp import ScriptedSCP
 
 import batchstore
+from batchstore.dicom.part10 import ScanFailure
 from batchstore.sender import outcomes as st
 from batchstore.sender.journal import Journal, JournalReport, journal_key
 from batchstore.sender.report import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, Outcome
-from batchstore.sender.scan import ScanFailure, scan
+from batchstore.sender.scan import scan
 
 ROOT = Path(__file__).resolve().parent.parent
 

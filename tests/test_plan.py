@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 
+from batchstore.dicom.part10 import Instance
 from batchstore.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
@@ -26,7 +27,6 @@ from batchstore.sender.plan import (
     choose_context,
     make_plan,
 )
-from batchstore.sender.scan import Instance
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

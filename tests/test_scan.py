@@ -1,4 +1,4 @@
-"""Tests for batchstore.scan: header reading, data set verification, input expansion (no network)."""
+"""Tests for scanning: header reading, data set verification, input expansion, @file (no network)."""
 
 from __future__ import annotations
 
@@ -22,16 +22,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from batchstore.sender.scan import (
-    CommandFileError,
-    Instance,
-    ScanFailure,
-    expand_command_files,
-    iter_paths,
-    read_instance,
-    scan,
-    verify_dataset,
-)
+from batchstore.cli.cmdfile import CommandFileError, expand_command_files
+from batchstore.dicom.part10 import Instance, ScanFailure, read_instance, verify_dataset
+from batchstore.sender.inputs import iter_paths
+from batchstore.sender.scan import scan
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -528,7 +522,7 @@ def test_verify_bytes_agrees_with_verify_dataset(tmp_path: Path) -> None:
     """The sender checks small data sets in memory; it must reach the same verdicts as the file walker."""
     from gen_corpus import generate
 
-    from batchstore.sender.scan import read_dataset_bytes, verify_bytes
+    from batchstore.dicom.part10 import read_dataset_bytes, verify_bytes
 
     generate(str(tmp_path / "c"), 80, seed=4, profile="mixed", junk=6)
     checked = truncated = 0
@@ -542,7 +536,7 @@ def test_verify_bytes_agrees_with_verify_dataset(tmp_path: Path) -> None:
             cut_path.write_bytes(path.read_bytes()[: inst.data_offset + cut])
             expected = verify_dataset(str(cut_path), inst.data_offset, inst.transfer_syntax)
             got = verify_bytes(data[:cut], inst.transfer_syntax)
-            if inst.transfer_syntax != "1.2.840.10008.1.2.1.99":
+            if inst.transfer_syntax != DeflatedExplicitVRLittleEndian:
                 assert got == expected, (path.name, cut)
             checked += 1
             truncated += expected is not None

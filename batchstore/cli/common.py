@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -171,10 +171,39 @@ def setup_logging(
     if log_level:
         level = LOG_LEVELS[log_level.lower()]
     if log_config:
-        from logging import config as logging_config  # only with -lc
-
-        logging_config.fileConfig(log_config, disable_existing_loggers=False)
+        _configure_from_file(log_config)
     else:
         logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
     logging.getLogger("batchstore").setLevel(level)
     return level
+
+
+def _configure_from_file(path: str) -> None:
+    """``-lc FILE``: a Python `logging.config` file; anything else ends the run with one line, exit 2.
+
+    DCMTK's own ``logger.cfg`` files are log4cplus properties (``log4cplus.rootLogger = ...``), which
+    `logging.config` cannot read: they are recognised and named as such.
+    """
+    import configparser
+    from logging import config as logging_config  # only with -lc
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            text = fh.read()
+    except OSError as exc:
+        _usage_exit(f"-lc/--log-config: cannot read {path}: {exc.strerror or exc}")
+    if any(line.strip().startswith("log4cplus.") for line in text.splitlines()):
+        _usage_exit(
+            f"-lc/--log-config: {path} is a DCMTK (log4cplus) logger configuration; batchstore reads "
+            "Python logging.config files ([loggers], [handlers], [formatters] sections)"
+        )
+    try:
+        logging_config.fileConfig(path, disable_existing_loggers=False)
+    except (configparser.Error, KeyError, ValueError, TypeError, AttributeError, ImportError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _usage_exit(f"-lc/--log-config: {path} is not a usable Python logging configuration: {reason}")
+
+
+def _usage_exit(message: str) -> NoReturn:
+    click.echo(f"batchstore: {message}", err=True)
+    sys.exit(2)

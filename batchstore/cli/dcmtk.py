@@ -2,12 +2,12 @@
 
 DCMTK options such as ``-x=``, ``+t=`` and ``+g=`` end in ``=``, which click would read as "option with an
 empty value"; they are rewritten to their long names before parsing. ``@name`` arguments are replaced by
-the contents of the file, as storescu/storescp do.
+the contents of the file, as storescu/storescp do (`cmdfile.expand_command_files`).
 """
 
 from __future__ import annotations
 
-from ..sender.scan import expand_command_files
+from .cmdfile import expand_command_files
 
 #: Spellings rewritten before click sees them.
 ALIASES = {

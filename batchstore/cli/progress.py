@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 
+from ..dicom.part10 import ScanFailure
 from ..dicom.uids import ts_name
 from ..sender.plan import Plan
 from ..sender.report import Outcome
-from ..sender.scan import ScanFailure
 
 log = logging.getLogger("batchstore")
 

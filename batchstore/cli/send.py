@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from .. import __version__
 from ..api import SendOptions, default_workers, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
@@ -44,6 +45,9 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
 
 
 @click.command("send", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(
+    __version__, "--version", prog_name="batchstore", help="Print version information and exit."
+)
 @click.argument("peer")
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.argument("dcmfile_in", nargs=-1, metavar="DCMFILE-IN...")

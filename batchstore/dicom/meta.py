@@ -81,4 +81,3 @@ def _meta_parts(sop_class_uid: str, transfer_syntax: str, source_ae: str) -> tup
         + element(0x0016, b"AE", _text(source_ae[:16]))
     )
     return before, after, len(before) + len(after)
-

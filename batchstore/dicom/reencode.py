@@ -264,4 +264,3 @@ def reencode_file(
     with os.fdopen(fd, "wb") as out:
         out.write(meta + body if meta else body)
     return values
-

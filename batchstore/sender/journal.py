@@ -1,4 +1,5 @@
-"""The resumable journal: an SQLite file recording every input file and its latest outcome (DESIGN.md, decision 6).
+"""The resumable journal: an SQLite file recording every input file and its latest outcome
+(docs/design.md, "Acknowledge, then journal").
 
 A file is *done* only after a C-STORE-RSP with a success or warning status was journaled for it. A run
 with ``--journal FILE`` registers its inputs, skips those that are done and unchanged (same size and
@@ -15,9 +16,9 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..dicom.part10 import Instance, ScanFailure
 from . import outcomes as st
 from .report import EXIT_OK, Outcome, Report
-from .scan import Instance, ScanFailure
 
 #: Category of a registered file that no run has tried yet.
 PENDING = "pending"

@@ -1,4 +1,5 @@
-"""Outcome classification: what a DIMSE status or a network error means for a file (DESIGN.md, decision 7).
+"""Outcome classification: what a DIMSE status or a network error means for a file
+(docs/design.md, "Failures are classified").
 
 Every per-file result is one of `SUCCESS`, `WARNING`, `TRANSIENT` (retrying may help) or `PERMANENT`
 (retrying will not help), plus `NOT_SENT` for files a halted run never tried.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..dicom.part10 import Instance
 from ..dicom.uids import (
     PROPOSAL_MODES,
     is_native_convertible,
@@ -18,7 +19,6 @@ from ..dicom.uids import (
     ts_name,
 )
 from ..net.acse import PresentationContextProposal
-from .scan import Instance
 
 __all__ = [
     "Batch",

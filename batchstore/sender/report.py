@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .outcomes import NOT_SENT, PERMANENT, SUCCESS, TRANSIENT, WARNING
 
 if TYPE_CHECKING:
-    from .scan import Instance
+    from ..dicom.part10 import Instance
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -9,17 +9,30 @@ write and reads the C-STORE-RSP on the same thread. Negotiation still uses pynet
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
 from dataclasses import dataclass
 
+from ..dicom.uids import sop_class_name, ts_name
 from ..net import acse, dimse
 from ..net.errors import NetError, ProtocolError
 from ..net.pdu import P_DATA_TF, PDV_HEADER, PDUStream, iter_pdvs, pdata_fragment_parts, pdata_parts
 from ..net.sockets import connect, phase_timeout
+from .engine import StoreResponse
 
 _U32 = struct.Struct(">L")
+
+log = logging.getLogger("batchstore.scu")
+
+_PC_RESULTS = {
+    acse.PC_ACCEPTANCE: "accepted",
+    acse.PC_USER_REJECTION: "rejected by the user",
+    acse.PC_NO_REASON: "rejected (no reason)",
+    acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED: "rejected (abstract syntax not supported)",
+    acse.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED: "rejected (transfer syntaxes not supported)",
+}
 
 #: Data sets up to this size are read whole and sent with one gather write; larger ones are streamed in
 #: chunks of this size, so a worker's memory stays flat whatever the file size.
@@ -44,14 +57,6 @@ class AssociationOptions:
     acse_timeout: float | None = 30.0  # -ta
     dimse_timeout: float | None = None  # -td
     user_identity: acse.UserIdentity | None = None
-
-
-@dataclass(frozen=True)
-class StoreResponse:
-    """The peer's C-STORE-RSP: its status and optional error comment."""
-
-    status: int
-    error_comment: str = ""
 
 
 class NoAcceptableContext(Exception):
@@ -82,6 +87,7 @@ class StoreSCU:
         self._message_id = 0
         self.abstract_of = {cid: abstract for cid, abstract, _ in contexts}
         self._buffer: bytearray | None = None
+        self._debug = False  # -d: log every message; decided once per association, in `open`
 
     # -- association life cycle ------------------------------------------------------------------
 
@@ -98,6 +104,9 @@ class StoreSCU:
             ``-rsp`` asked for a positive user identity response and the peer sent none.
         """
         opts = self.options
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        if self._debug:
+            self._log_request()
         sock = connect(opts.host, opts.port, opts.connect_timeout, opts.family)
         stream = PDUStream(sock)
         self.stream = stream
@@ -127,7 +136,38 @@ class StoreSCU:
         peer_max = accept.max_pdu or UNLIMITED_PDU
         self.send_pdu = min(peer_max, opts.max_send_pdu) if opts.max_send_pdu else peer_max
         stream.settimeout(phase_timeout(opts.dimse_timeout, opts.socket_timeout))
+        if self._debug:
+            self._log_accept(accept)
         return accept
+
+    def _log_request(self) -> None:
+        opts = self.options
+        log.debug(
+            "A-ASSOCIATE-RQ: %s -> %s at %s:%d, max PDU %d, %d presentation context(s):",
+            opts.calling_ae,
+            opts.called_ae,
+            opts.host,
+            opts.port,
+            opts.max_pdu,
+            len(self.contexts),
+        )
+        for cid, abstract, syntaxes in self.contexts:
+            names = ", ".join(ts_name(ts) for ts in syntaxes)
+            log.debug("  context %d: %s [%s]", cid, sop_class_name(abstract), names)
+
+    def _log_accept(self, accept: acse.AssociationAccept) -> None:
+        log.debug(
+            "A-ASSOCIATE-AC: peer max PDU %d (sending PDUs of up to %d bytes), implementation %s %s",
+            accept.max_pdu,
+            self.send_pdu,
+            accept.implementation_class_uid,
+            accept.implementation_version_name,
+        )
+        for cid, (result, ts) in sorted(accept.results.items()):
+            what = _PC_RESULTS.get(result, f"result {result}")
+            if result == acse.PC_ACCEPTANCE:
+                what += f", {ts_name(ts)}"
+            log.debug("  context %d (%s): %s", cid, sop_class_name(self.abstract_of.get(cid, "?")), what)
 
     @property
     def is_open(self) -> bool:
@@ -219,6 +259,8 @@ class StoreSCU:
         message_id = self._next_message_id()
         command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
         size = len(dataset)
+        if self._debug:
+            self._log_store_rq(message_id, context_id, sop_class_uid, sop_instance_uid, size)
         if size + 6 <= self.send_pdu and len(command) + 6 <= self.send_pdu:
             # Command and data set fit one PDU each: both headers and the command in one buffer, the
             # data set as the second, so one sendmsg carries the whole C-STORE.
@@ -233,7 +275,29 @@ class StoreSCU:
             parts += pdata_parts(context_id, dataset, False, self.send_pdu)
             self.stream.send_parts(parts)
         cmd = self._read_response(message_id)
+        if self._debug:
+            self._log_store_rsp(cmd)
         return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
+
+    @staticmethod
+    def _log_store_rq(message_id: int, context_id: int, sop_class_uid: str, uid: str, size: int) -> None:
+        log.debug(
+            "C-STORE-RQ: message ID %d, context %d, %s, instance %s, data set %d bytes",
+            message_id,
+            context_id,
+            sop_class_name(sop_class_uid),
+            uid,
+            size,
+        )
+
+    @staticmethod
+    def _log_store_rsp(cmd: dimse.Command) -> None:
+        log.debug(
+            "C-STORE-RSP: message ID %s, status 0x%04X%s",
+            cmd.message_id_responded,
+            cmd.status if cmd.status is not None else 0xC000,
+            f", error comment {cmd.error_comment!r}" if cmd.error_comment else "",
+        )
 
     def store_file(
         self,
@@ -267,6 +331,8 @@ class StoreSCU:
                 return self.store_bytes(context_id, sop_class_uid, sop_instance_uid, view[:size])
             message_id = self._next_message_id()
             command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
+            if self._debug:
+                self._log_store_rq(message_id, context_id, sop_class_uid, sop_instance_uid, size)
             self.stream.send_parts(pdata_parts(context_id, command, True, self.send_pdu))
             # Multiples of the fragment size keep every PDU but the last one full.
             fragment = max(self.send_pdu - 6, 1)
@@ -282,4 +348,6 @@ class StoreSCU:
                     pdata_fragment_parts(context_id, view[:n], False, self.send_pdu, last=remaining <= 0)
                 )
         cmd = self._read_response(message_id)
+        if self._debug:
+            self._log_store_rsp(cmd)
         return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)

@@ -4,8 +4,8 @@
 engine it drives. Negotiation, the DUL state machine, DIMSE encoding and P-DATA fragmentation are all
 pynetdicom's; only the choice of presentation context (the caller's, as with `StoreSCU`) and the mapping of
 pynetdicom's outcomes to batchstore's exceptions are done here. It is slower than `StoreSCU` (a DUL thread
-and 1 ms reactor polls per message, DESIGN.md decision 4) and is kept as the full-featured fallback and the
-yardstick of the conformance tests (tests/test_conformance.py).
+and 1 ms reactor polls per message; docs/design.md, "A hand-written upper layer") and is kept as the
+full-featured fallback and the yardstick of the conformance tests (tests/test_conformance.py).
 
 This is the only send-path module that imports pynetdicom.
 """
@@ -33,7 +33,8 @@ from pynetdicom.transport import AssociationSocket
 from ..net import acse
 from ..net.errors import PeerAborted, ProtocolError
 from ..net.sockets import phase_timeout, tune_socket
-from .scu import AssociationOptions, StoreResponse
+from .engine import StoreResponse
+from .scu import AssociationOptions
 
 #: How long to wait, after pynetdicom reports "no response", for its DUL thread to tell why (abort or close).
 _SETTLE_SECONDS = 0.5
@@ -58,7 +59,10 @@ class _ConnectProbe:
 
 
 class _TunedSocket(AssociationSocket):
-    """pynetdicom's transport with ``TCP_NODELAY`` on (DESIGN.md decision 3) and connection errors kept."""
+    """pynetdicom's transport with ``TCP_NODELAY`` on and connection errors kept.
+
+    See docs/design.md, "Nagle and delayed ACKs".
+    """
 
     connect_error: OSError | None = None
 

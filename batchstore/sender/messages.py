@@ -1,0 +1,122 @@
+"""The messages between the coordinator and its worker processes, one frozen dataclass per kind.
+
+They travel pickled over a `multiprocessing` pipe and are told apart with ``isinstance``. Outcomes travel
+in chunks (`Results`, up to `worker.FLUSH_COUNT` at a time), so one message object per chunk, not per file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .plan import Batch
+from .report import AssociationRecord, Outcome
+
+__all__ = [
+    "AssociationOpened",
+    "Busy",
+    "Bye",
+    "Connect",
+    "ConnectFailed",
+    "GiveBack",
+    "Halt",
+    "Ready",
+    "Results",
+    "RunBatch",
+    "Stop",
+    "ToCoordinator",
+    "ToWorker",
+]
+
+# --- worker -> coordinator ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The worker wants work; `group` is the context group its association holds (-1: none)."""
+
+    worker: int
+    group: int
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    """A chunk of outcomes of batch `batch_index`, in the order the files were sent."""
+
+    worker: int
+    batch_index: int
+    outcomes: list[Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationOpened:
+    """The worker opened its `local_number`-th association; the coordinator numbers it for the report."""
+
+    worker: int
+    local_number: int
+    record: AssociationRecord
+
+
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    """No association for a transient reason: the files of batch `batch_index` from `offset` on go back."""
+
+    worker: int
+    batch_index: int
+    offset: int
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailed:
+    """The worker, told to associate (`Connect`), could not."""
+
+    worker: int
+    error: str
+    transient: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """The peer answered a C-STORE with a transient status (0xA7xx, out of resources)."""
+
+    worker: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """The worker is exiting."""
+
+    worker: int
+
+
+# --- coordinator -> worker ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunBatch:
+    """Send `batch`; its first file is file number `start_index` of the run (for ``+II`` numbering)."""
+
+    batch: Batch
+    start_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open an association for context group `group` before taking a batch."""
+
+    group: int
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """Report the rest of the batch as not sent (``--halt`` on a failure, or Ctrl-C)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Nothing more to do: release the association and exit."""
+
+
+ToCoordinator = Ready | Results | AssociationOpened | GiveBack | ConnectFailed | Busy | Bye
+ToWorker = RunBatch | Connect | Halt | Stop
