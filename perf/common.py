@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,19 @@ for _sub in ("scripts", "tests"):
     if str(ROOT / _sub) not in sys.path:
         sys.path.insert(0, str(ROOT / _sub))
 
-from gen_corpus import generate  # noqa: E402
-from peers import DCMTK_STORESCP, DCMTK_STORESCU, DcmtkStorescp, Orthanc, dcmtk_env, free_port  # noqa: E402
+# tests/peers.py is the one harness of tests and benchmarks: peers, the batchstore receiver, corpora
+import peers  # noqa: E402
+from peers import (  # noqa: E402
+    DCMTK_STORESCP,
+    DCMTK_STORESCU,
+    DcmtkStorescp,
+    Orthanc,
+    count_files,
+    dcmtk_env,
+    free_port,
+    wait_count,
+)
+from peers import cached_corpus as make_corpus  # noqa: E402
 
 __all__ = [
     "DCMTK_STORESCP",
@@ -53,9 +63,6 @@ __all__ = [
     "write_json",
 ]
 
-LOOPBACK = "127.0.0.1"
-
-
 _COMPILED = False
 
 
@@ -75,12 +82,9 @@ def compile_package() -> None:
 
 
 def batchstore_env() -> dict[str, str]:
-    """Environment for a batchstore subprocess: this checkout first on the import path."""
+    """Environment for a batchstore subprocess: this checkout first on the import path, bytecode compiled."""
     compile_package()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.pop("BATCHSTORE_WORKERS", None)
-    return env
+    return peers.batchstore_env()
 
 
 def batchstore_cmd(*args: str) -> list[str]:
@@ -106,113 +110,14 @@ def run_timed(cmd: Sequence[str], env: dict[str, str], timeout: float = 600.0) -
     return elapsed
 
 
-def count_files(directory: str | os.PathLike[str]) -> int:
-    """Files below ``directory`` under a final name (hidden temporary names are not counted)."""
-    total = 0
-    for _root, _dirs, names in os.walk(directory):
-        total += sum(1 for name in names if not name.startswith("."))
-    return total
-
-
-def wait_count(directory: str | os.PathLike[str], expected: int, timeout: float = 30.0) -> int:
-    """Wait until ``expected`` files are in ``directory`` (or the timeout); the final count."""
-    deadline = time.monotonic() + timeout
-    while True:
-        n = count_files(directory)
-        if n >= expected or time.monotonic() > deadline:
-            return n
-        time.sleep(0.05)
-
-
-def make_corpus(work: Path, name: str, count: int, size: int, seed: int = 7) -> Path:
-    """A uniform CT corpus of ``count`` files of ~``size`` bytes, generated once per work directory."""
-    corpus = work / f"corpus-{name}-{count}x{size}-s{seed}"
-    done = work / f".{corpus.name}.complete"  # outside: storescu +sd would try to send it
-    if not done.exists():
-        generate(str(corpus), count, seed=seed, profile="uniform", size=size)
-        done.write_text("ok\n")
-    return corpus
-
-
-class BatchstoreReceiver:
-    """``batchstore receive --fork --host 127.0.0.1 --port-file F -od OUT [extra] 0`` as a context manager."""
-
-    def __init__(self, out_dir: Path, extra_args: Sequence[str] = (), start_timeout: float = 30.0) -> None:
-        self.out_dir = Path(out_dir)
-        self.extra_args = list(extra_args)
-        self.start_timeout = start_timeout
-        self._tmp = tempfile.mkdtemp(prefix="bs-recv-")
-        self.port_file = Path(self._tmp) / "port"
-        self.log_path = Path(self._tmp) / "receive.log"
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return batchstore_cmd(
-            "receive",
-            "--fork",
-            "--host",
-            LOOPBACK,
-            "--port-file",
-            str(self.port_file),
-            "-od",
-            str(self.out_dir),
-            *self.extra_args,
-            "0",
-        )
+class BatchstoreReceiver(peers.BatchstoreReceiver):
+    """`peers.BatchstoreReceiver` (``batchstore receive --fork --host 127.0.0.1 --port-file F -od OUT
+    [extra] 0``), started from the compiled package as every benchmark runs it."""
 
     def start(self) -> BatchstoreReceiver:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                env=batchstore_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + self.start_timeout
-        while not (self.port_file.exists() and self.port_file.read_text().endswith("\n")):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"batchstore receive did not start: {self.log()[-2000:]}")
-            time.sleep(0.02)
-        self.port = int(self.port_file.read_text())
+        compile_package()
+        super().start()
         return self
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # children left in the group this receiver leads
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def __enter__(self) -> BatchstoreReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------

@@ -1,7 +1,17 @@
-"""Real DICOM peers (DCMTK storescp/storescu, Orthanc) for tests and benchmarks.
+"""The one harness of tests and benchmarks: real DICOM peers, batchstore's receiver, corpora.
 
-Importable from pytest (``from peers import ...`` inside ``tests/``) and from
-perf scripts (``sys.path.insert(0, "<repo>/tests")``); no pytest import here.
+Peers: DCMTK storescp/storescu/echoscu/dcmsend, Orthanc, and ``batchstore receive`` as a subprocess
+(`BatchstoreReceiver`). Importable from pytest (``from peers import ...`` inside ``tests/``) and from the
+perf scripts (``sys.path.insert(0, "<repo>/tests")``, see ``perf/common.py``); no pytest import here.
+
+Where the peers live comes from the environment, so a run can hide them (point a variable at an empty
+directory) and check that every test needing one is marked:
+
+- ``BATCHSTORE_DCMTK_BIN_DIR``: DCMTK's tools (default ``/usr/bin``);
+- ``BATCHSTORE_DCMTK_CONFIG_DIR``: DCMTK's ``storescu.cfg``/``storescp.cfg`` (default ``/etc/dcmtk``);
+- ``BATCHSTORE_ORTHANC_BIN``: the Orthanc server (default ``/usr/sbin/Orthanc``);
+- ``BATCHSTORE_REQUIRE_PEERS=1``: a missing peer fails the tests marked ``needs_dcmtk``/``needs_orthanc``
+  instead of skipping them (``tests/conftest.py``; ``.ci/run`` sets it).
 
 DCMTK binaries are always called by absolute path because pynetdicom's own
 ``storescu``/``storescp`` apps shadow them in PATH (pyenv shims).
@@ -11,45 +21,105 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchstore.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    JPEG_LOSSLESS_SV1,
+    RLE_LOSSLESS,
+)
+
 __all__ = [
+    "BatchstoreReceiver",
     "Corpus",
+    "DCMTK_BIN_DIR",
+    "DCMTK_CONFIG_DIR",
+    "DCMTK_DCMSEND",
     "DCMTK_ECHOSCU",
     "DCMTK_STORESCP",
+    "DCMTK_STORESCP_CFG",
     "DCMTK_STORESCU",
+    "DCMTK_STORESCU_CFG",
     "DcmtkStorescp",
-    "STORESCU_TS_OPTION",
     "ORTHANC_BIN",
     "Orthanc",
+    "REQUIRE_PEERS_ENV",
+    "STORESCU_TS_OPTION",
+    "batchstore_env",
+    "cached_corpus",
+    "count_files",
     "dataset_bytes",
     "dcmtk_env",
     "dcmtk_send",
     "free_port",
     "gen_corpus_module",
     "make_corpus",
+    "missing_peer",
+    "peak_concurrency",
+    "peers_required",
     "received_index",
     "sop_instance_uid_of",
+    "wait_count",
     "wait_listening",
 ]
 
-DCMTK_STORESCP = "/usr/bin/storescp"
-DCMTK_STORESCU = "/usr/bin/storescu"
-DCMTK_ECHOSCU = "/usr/bin/echoscu"
-DCMTK_DCMSEND = "/usr/bin/dcmsend"
-ORTHANC_BIN = "/usr/sbin/Orthanc"
+DCMTK_BIN_DIR = Path(os.environ.get("BATCHSTORE_DCMTK_BIN_DIR") or "/usr/bin")
+DCMTK_CONFIG_DIR = Path(os.environ.get("BATCHSTORE_DCMTK_CONFIG_DIR") or "/etc/dcmtk")
+DCMTK_STORESCP = str(DCMTK_BIN_DIR / "storescp")
+DCMTK_STORESCU = str(DCMTK_BIN_DIR / "storescu")
+DCMTK_ECHOSCU = str(DCMTK_BIN_DIR / "echoscu")
+DCMTK_DCMSEND = str(DCMTK_BIN_DIR / "dcmsend")
+DCMTK_STORESCU_CFG = str(DCMTK_CONFIG_DIR / "storescu.cfg")
+DCMTK_STORESCP_CFG = str(DCMTK_CONFIG_DIR / "storescp.cfg")
+ORTHANC_BIN = os.environ.get("BATCHSTORE_ORTHANC_BIN") or "/usr/sbin/Orthanc"
+
+#: With this set to 1 a test whose peer is missing fails instead of skipping (see `missing_peer`).
+REQUIRE_PEERS_ENV = "BATCHSTORE_REQUIRE_PEERS"
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: What each peer marker needs: (path, is a program). The tests' markers are ``needs_<peer>``.
+PEER_FILES: dict[str, tuple[tuple[str, bool], ...]] = {
+    "dcmtk": (
+        (DCMTK_STORESCP, True),
+        (DCMTK_STORESCU, True),
+        (DCMTK_ECHOSCU, True),
+        (DCMTK_DCMSEND, True),
+        (DCMTK_STORESCU_CFG, False),
+        (DCMTK_STORESCP_CFG, False),
+    ),
+    "orthanc": ((ORTHANC_BIN, True),),
+}
+PEER_NAMES = {"dcmtk": "DCMTK", "orthanc": "Orthanc"}
+
+
+def missing_peer(peer: str) -> str | None:
+    """Why `peer` ("dcmtk" or "orthanc") cannot be used here ("needs DCMTK: /usr/bin/storescp not
+    installed"), or None when everything it needs is in place."""
+    for path, program in PEER_FILES[peer]:
+        if not (os.access(path, os.X_OK) and os.path.isfile(path) if program else os.path.isfile(path)):
+            return f"needs {PEER_NAMES[peer]}: {path} not installed"
+    return None
+
+
+def peers_required() -> bool:
+    """True when ``BATCHSTORE_REQUIRE_PEERS=1``: a missing peer is a failure, not a skip."""
+    return os.environ.get(REQUIRE_PEERS_ENV, "").strip() == "1"
 
 
 # --------------------------------------------------------------------------
@@ -131,39 +201,81 @@ def _stop_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         pass
 
 
+def peak_concurrency(log: str, start: str, ends: Sequence[str]) -> int:
+    """The most intervals open at once in `log`: each `start` opens one, each of `ends` closes one,
+    counted in the order the lines appear (a peer's own log of its associations)."""
+    pattern = re.compile("|".join(re.escape(m) for m in (start, *ends)))
+    open_now = peak = 0
+    for match in pattern.finditer(log):
+        open_now += 1 if match.group() == start else -1
+        peak = max(peak, open_now)
+    return peak
+
+
+def count_files(directory: str | os.PathLike[str]) -> int:
+    """Files below ``directory`` under a final name (hidden temporary names are not counted)."""
+    total = 0
+    for _root, _dirs, names in os.walk(directory):
+        total += sum(1 for name in names if not name.startswith("."))
+    return total
+
+
+def wait_count(directory: str | os.PathLike[str], expected: int, timeout: float = 30.0) -> int:
+    """Wait until ``expected`` files are in ``directory`` (or the timeout); the final count."""
+    return _wait_value(lambda: count_files(directory), expected, timeout, 0.05)
+
+
+def _wait_value(current: Callable[[], int], expected: int, timeout: float, interval: float) -> int:
+    """Poll ``current()`` until it reaches ``expected`` or the timeout expires; its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = current()
+        if value >= expected or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
 # --------------------------------------------------------------------------
 # Part 10 file helpers
 # --------------------------------------------------------------------------
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
+def _meta_end(path: str | os.PathLike[str]) -> int:
+    """Offset of the first byte after the file meta group of a Part 10 file, as pydicom reads the group.
 
-def _meta_end(data: bytes) -> int:
-    """Offset of the first byte after the file meta group of a Part 10 file."""
-    if len(data) < 132 or data[128:132] != b"DICM":
-        raise ValueError("not a DICOM Part 10 file (no DICM marker at offset 128)")
-    pos = 132
-    n = len(data)
-    while pos + 8 <= n:
-        group = int.from_bytes(data[pos : pos + 2], "little")
-        if group != 0x0002:
-            break
-        vr = data[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
-            length = int.from_bytes(data[pos + 8 : pos + 12], "little")
-            pos += 12 + length
-        else:
-            length = int.from_bytes(data[pos + 6 : pos + 8], "little")
-            pos += 8 + length
-    if pos > n:
-        raise ValueError("file meta group is truncated")
-    return pos
+    Raises ValueError for a file without the DICM marker and for a file meta group pydicom reads only
+    leniently: no valid Transfer Syntax UID, or a group length (0002,0000) that disagrees with the group.
+    """
+    import warnings
+
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import UID
+
+    with open(path, "rb") as fp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about invalid values; judged below
+        try:
+            read_preamble(fp, False)
+        except InvalidDicomError as exc:
+            raise ValueError(f"not a DICOM Part 10 file: {exc}") from None
+        # what pydicom.filereader.read_file_meta_info does, keeping the file position it ends at
+        meta = _read_file_meta_info(fp)
+        end = fp.tell()
+        syntax = meta.get("TransferSyntaxUID")
+        if not syntax or not UID(str(syntax)).is_valid:
+            raise ValueError(f"file meta group is truncated or damaged (Transfer Syntax UID {syntax!r})")
+        group_length = meta.get("FileMetaInformationGroupLength")
+        if group_length is not None and 132 + 12 + int(group_length) != end:
+            raise ValueError(f"file meta group length {group_length} disagrees with the group")
+    return end
 
 
 def dataset_bytes(path: str | os.PathLike[str]) -> bytes:
     """The encoded data set of a Part 10 file: everything after its (0002,xxxx) file meta group."""
-    data = Path(path).read_bytes()
-    return data[_meta_end(data) :]
+    end = _meta_end(path)
+    with open(path, "rb") as fp:
+        fp.seek(end)
+        return fp.read()
 
 
 def _read_meta(path: str | os.PathLike[str]):
@@ -258,6 +370,170 @@ def make_corpus(out_dir: str | os.PathLike[str], count: int, **kwargs: Any) -> C
     """Run ``gen_corpus.generate(out_dir, count, **kwargs)`` and wrap the result."""
     manifest = gen_corpus_module().generate(out_dir, count, **kwargs)
     return Corpus(Path(out_dir), manifest)
+
+
+def cached_corpus(work: str | os.PathLike[str], name: str, count: int, size: int, seed: int = 7) -> Path:
+    """A uniform CT corpus of ``count`` files of ~``size`` bytes under ``work``, generated once per directory."""
+    corpus = Path(work) / f"corpus-{name}-{count}x{size}-s{seed}"
+    done = Path(work) / f".{corpus.name}.complete"  # outside: storescu +sd would try to send it
+    if not done.exists():
+        make_corpus(corpus, count, seed=seed, profile="uniform", size=size)
+        done.write_text("ok\n")
+    return corpus
+
+
+# --------------------------------------------------------------------------
+# batchstore receive
+# --------------------------------------------------------------------------
+
+
+def batchstore_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a batchstore subprocess: this checkout first on the import path."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("BATCHSTORE_WORKERS", None)
+    return env
+
+
+_CHILD_PID = re.compile(r"Association Received \S+: \S+ -> \S+ \(pid (\d+)\)")
+
+
+class BatchstoreReceiver:
+    """``python -m batchstore receive [-v] [--fork] --host 127.0.0.1 --port-file F -od OUT [extra] 0``.
+
+    A context manager; ``port`` is the port the receiver chose (``--port-file``). ``fork`` adds
+    ``--fork``, ``verbose`` adds ``-v`` (one "Association Received ... (pid N)" line per association),
+    ``port_arg=False`` leaves out the port. The log (stdout and stderr) and the port file go to
+    ``work_dir``, kept afterwards, or by default to a private temporary directory (``_tmp``) removed on
+    leaving the ``with`` block. Leaving the block stops the receiver with SIGTERM (``graceful``) or at once
+    with SIGKILL; the whole process group goes, association children included.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 30.0,
+        *,
+        fork: bool = True,
+        verbose: bool = False,
+        port_arg: bool = True,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        work_dir: str | os.PathLike[str] | None = None,
+        graceful: bool = True,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.fork = fork
+        self.verbose = verbose
+        self.port_arg = port_arg
+        self.env = env
+        self.cwd = cwd
+        self.graceful = graceful
+        self._tmp = tempfile.mkdtemp(prefix="bs-recv-") if work_dir is None else None
+        base = Path(work_dir if work_dir is not None else self._tmp)  # type: ignore[arg-type]
+        stamp = time.monotonic_ns()
+        self.port_file = base / f"port-{stamp}"
+        self.log_path = base / f"receive-{stamp}.log"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "batchstore", "receive"]
+        if self.verbose:
+            cmd.append("-v")
+        if self.fork:
+            cmd.append("--fork")
+        cmd += ["--host", LOOPBACK, "--port-file", str(self.port_file), "-od", str(self.out_dir)]
+        return cmd + self.extra_args + (["0"] if self.port_arg else [])
+
+    def start(self) -> BatchstoreReceiver:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=batchstore_env(self.env),
+                start_new_session=True,  # own process group: killpg reaches the association children
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                text = self.port_file.read_text()
+            except FileNotFoundError:
+                text = ""
+            if text.endswith("\n"):
+                self.port = int(text)
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"batchstore receive exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"batchstore receive did not start in {self.start_timeout}s:\n{self.log()[-3000:]}"
+                )
+            time.sleep(0.02)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def child_pids(self) -> list[int]:
+        """The pids logged on "Association Received" lines (``verbose``), in order."""
+        return [int(pid) for pid in _CHILD_PID.findall(self.log())]
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send `sig` to the server and wait for it; return its exit code. Whatever is left is killed."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the receiver's process group (children included) and reap the receiver."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def __enter__(self) -> BatchstoreReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.graceful and self.proc is not None:
+                self.stop()
+            else:
+                self.kill()
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
@@ -369,28 +645,41 @@ class DcmtkStorescp:
         """Number of "Association Received" lines logged so far (needs verbose or debug)."""
         return self.log().count("Association Received")
 
+    def peak_associations(self) -> int:
+        """The most associations storescp had open at once, from its own log (needs verbose or debug).
+
+        With ``--fork`` every child appends to the one log, so the order of its "Association Received"
+        and "Association Release"/"Association Aborted" lines is the order of the events.
+        """
+        return peak_concurrency(
+            self.log(), "Association Received", ("Association Release", "Association Aborted")
+        )
+
     def received(self) -> dict[str, str]:
         """SOP Instance UID -> path for every file written to the output directory."""
         return received_index(self.out_dir)
 
     def wait_files(self, n: int, timeout: float = 30.0) -> dict[str, str]:
         """Wait until at least ``n`` DICOM files are in the output directory; return the index."""
-        deadline = time.monotonic() + timeout
-        while True:
-            idx = self.received()
-            if len(idx) >= n or time.monotonic() >= deadline:
-                return idx
-            time.sleep(0.1)
+        index: dict[str, str] = {}
+
+        def count() -> int:
+            index.clear()
+            index.update(self.received())
+            return len(index)
+
+        _wait_value(count, n, timeout, 0.1)
+        return index
 
 
 #: storescu option that proposes a transfer syntax first/only, so a file goes out in its own encoding.
 STORESCU_TS_OPTION = {
-    "1.2.840.10008.1.2": "-xi",
-    "1.2.840.10008.1.2.1": "-xe",
-    "1.2.840.10008.1.2.2": "-xb",
-    "1.2.840.10008.1.2.5": "-xr",
-    "1.2.840.10008.1.2.1.99": "-xd",
-    "1.2.840.10008.1.2.4.70": "-xs",
+    IMPLICIT_VR_LE: "-xi",
+    EXPLICIT_VR_LE: "-xe",
+    EXPLICIT_VR_BE: "-xb",
+    RLE_LOSSLESS: "-xr",
+    DEFLATED_EXPLICIT_VR_LE: "-xd",
+    JPEG_LOSSLESS_SV1: "-xs",
 }
 
 
@@ -602,10 +891,5 @@ class Orthanc:
             since += page
 
     def wait_instances(self, n: int, timeout: float = 30.0) -> int:
-        """Wait until at least ``n`` instances are stored; return the final count."""
-        deadline = time.monotonic() + timeout
-        while True:
-            c = self.count_instances()
-            if c >= n or time.monotonic() >= deadline:
-                return c
-            time.sleep(0.1)
+        """Wait until at least ``n`` instances are stored (Orthanc's /statistics); the final count."""
+        return _wait_value(self.count_instances, n, timeout, 0.1)

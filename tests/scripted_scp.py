@@ -7,6 +7,11 @@ to answer 0x0000 and then abort the now idle association, or ``"silent"`` to nev
 DIMSE timeout has to end it). With `abort_during=k` it aborts at the first
 data set fragment of the k-th C-STORE-RQ it receives, while the sender is still sending. It runs in a
 thread of the test process, on 127.0.0.1 and port 0; use it as a context manager.
+
+Its threads assert nothing: what the SCP could not handle (an unexpected PDU, a policy that returns
+something else than a status) is collected in `errors` and raised as an AssertionError in the test's own
+thread when the ``with`` block ends, after the association threads have finished. A peer that aborts or
+closes the connection is not an error.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from batchstore.net import acse, dimse
+from batchstore.net import acse, dimse, errors
 from batchstore.net.pdu import (
     A_ASSOCIATE_AC,
     A_ASSOCIATE_RQ,
@@ -55,8 +60,10 @@ class ScriptedSCP:
         self.data: dict[str, bytes] = {}  # SOP Instance UID -> data set bytes received, for stored ones
         self.aborted_uid = ""  # the C-STORE `abort_during` cut short
         self.associations = 0
+        self.errors: list[str] = []  # what the SCP's threads could not handle, raised by __exit__
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._workers: list[tuple[threading.Thread, socket.socket]] = []
         self._closing = False
 
     def __enter__(self) -> ScriptedSCP:
@@ -65,7 +72,28 @@ class ScriptedSCP:
 
     def __exit__(self, *exc: object) -> None:
         self._closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() of _serve (close alone does not)
+        except OSError:
+            pass
         self.sock.close()
+        self._thread.join(5)
+        with self._lock:
+            workers = list(self._workers)
+        for thread, conn in workers:
+            thread.join(2)
+            if thread.is_alive():  # a peer still connected: end the association, then wait for the thread
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                thread.join(5)
+        if (not exc or exc[0] is None) and self.errors:
+            raise AssertionError("the scripted SCP failed: " + "; ".join(self.errors))
+
+    def _error(self, message: str) -> None:
+        with self._lock:
+            self.errors.append(message)
 
     def _serve(self) -> None:
         while not self._closing:
@@ -73,13 +101,24 @@ class ScriptedSCP:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._association, args=(conn,), daemon=True).start()
+            thread = threading.Thread(target=self._run_association, args=(conn,), daemon=True)
+            with self._lock:
+                self._workers.append((thread, conn))
+            thread.start()
+
+    def _run_association(self, conn: socket.socket) -> None:
+        try:
+            self._association(conn)
+        except Exception as exc:  # collected for the test's thread: nothing is raised or asserted here
+            self._error(f"{type(exc).__name__}: {exc}")
 
     def _association(self, conn: socket.socket) -> None:
         stream = PDUStream(conn)
         try:
             pdu_type, body = stream.read_pdu()
-            assert pdu_type == A_ASSOCIATE_RQ
+            if pdu_type != A_ASSOCIATE_RQ:
+                self._error(f"PDU type 0x{pdu_type:02X} instead of an A-ASSOCIATE-RQ")
+                return
             request, _ = acse.decode_request(body)
             results = {
                 cid: (acse.PC_ACCEPTANCE, syntaxes[0]) for cid, _abstract, syntaxes in request.contexts
@@ -95,7 +134,9 @@ class ScriptedSCP:
                 if pdu_type == A_RELEASE_RQ:
                     stream.pdu(A_RELEASE_RP, bytes(4))
                     return
-                assert pdu_type == P_DATA_TF
+                if pdu_type != P_DATA_TF:
+                    self._error(f"PDU type 0x{pdu_type:02X} during the association")
+                    return
                 for ctx, control, fragment in iter_pdvs(body):
                     if control & 1:
                         command += bytes(fragment)
@@ -117,8 +158,8 @@ class ScriptedSCP:
                     data += fragment
                     if control & 2:  # last data set fragment: answer
                         self._answer(stream, ctx, cmd, bytes(data))
-        except (OSError, AssertionError):
-            pass
+        except (OSError, errors.PeerAborted):
+            pass  # the peer closed or aborted the association (or this SCP aborted it: _Aborted)
         finally:
             stream.close()
 
@@ -138,7 +179,8 @@ class ScriptedSCP:
         abort_after = status == "abort-after"
         if abort_after:
             status = 0
-        assert isinstance(status, int)
+        if not isinstance(status, int):
+            raise TypeError(f"the policy returned {status!r} for C-STORE {n}")
         if status == 0 or (status & 0xF000) == 0xB000:
             with self._lock:
                 self.stored.append(cmd.sop_instance_uid)

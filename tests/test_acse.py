@@ -6,11 +6,13 @@ from pynetdicom import pdu as pn_pdu
 from pynetdicom import pdu_primitives as pn_prim
 from pynetdicom.presentation import PresentationContext
 
+from batchstore.dicom.uids import EXPLICIT_VR_BE as BEE
+from batchstore.dicom.uids import EXPLICIT_VR_LE as LEE
+from batchstore.dicom.uids import IMPLICIT_VR_LE as LEI
 from batchstore.net import acse
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"
-LEE, LEI, BEE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"
 
 
 def test_request_decodes_with_pynetdicom_identically() -> None:

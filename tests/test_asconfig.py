@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from peers import DCMTK_CONFIG_DIR
 
 from batchstore.dicom.uids import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -27,7 +28,7 @@ US = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTI = "1.2.840.10008.5.1.4.1.1.3.1"
 CR = "1.2.840.10008.5.1.4.1.1.1"
 SC_BYTE = "1.2.840.10008.5.1.4.1.1.7.2"
-SHIPPED = Path("/etc/dcmtk")
+SHIPPED = Path(DCMTK_CONFIG_DIR)  # /etc/dcmtk unless BATCHSTORE_DCMTK_CONFIG_DIR says otherwise
 UNCOMPRESSED = (EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE)
 
 
@@ -40,7 +41,7 @@ def cfg(tmp_path: Path, text: str) -> str:
 # --- DCMTK's own example files -------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (SHIPPED / "storescu.cfg").exists(), reason="DCMTK's storescu.cfg is not installed")
+@pytest.mark.needs_dcmtk
 def test_shipped_storescu_cfg() -> None:
     contexts = load_profile(str(SHIPPED / "storescu.cfg"), "Default")
     assert len(contexts) == 128
@@ -55,7 +56,7 @@ def test_shipped_storescu_cfg() -> None:
     assert any(pc.abstract_syntax == SC_BYTE for pc in contexts)
 
 
-@pytest.mark.skipif(not (SHIPPED / "storescp.cfg").exists(), reason="DCMTK's storescp.cfg is not installed")
+@pytest.mark.needs_dcmtk
 def test_shipped_storescp_cfg() -> None:
     path = str(SHIPPED / "storescp.cfg")
     assert profile_names(path) == ["Default", "AllDICOM"]

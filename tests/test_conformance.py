@@ -13,7 +13,6 @@ pynetdicom's SCP (``maximum_pdu_size = 0``).
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,8 +23,6 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from peers import (
-    DCMTK_STORESCP,
-    ORTHANC_BIN,
     Corpus,
     DcmtkStorescp,
     Orthanc,
@@ -40,6 +37,14 @@ from scripted_scp import ScriptedSCP
 from test_receive_helpers import Receiver, wait_for
 
 import batchstore
+from batchstore.dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    RLE_LOSSLESS,
+    VERIFICATION_SOP_CLASS,
+)
 from batchstore.net import acse
 from batchstore.sender import outcomes as st
 from batchstore.sender.report import (
@@ -53,17 +58,15 @@ from batchstore.sender.report import (
 from batchstore.sender.scu import AssociationOptions, StoreSCU
 from batchstore.sender.scu_pynetdicom import PynetdicomSCU, _pause_reactor
 
-pytestmark = pytest.mark.skipif(not os.access(DCMTK_STORESCP, os.X_OK), reason="DCMTK not installed")
-
 ENGINES = ("batchstore", "pynetdicom")
 SCU_CLASSES: dict[str, type[StoreSCU] | type[PynetdicomSCU]] = {
     "batchstore": StoreSCU,
     "pynetdicom": PynetdicomSCU,
 }
 CT = "1.2.840.10008.5.1.4.1.1.2"
-VERIFICATION = "1.2.840.10008.1.1"
-IMPLICIT = "1.2.840.10008.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
+VERIFICATION = VERIFICATION_SOP_CLASS
+IMPLICIT = IMPLICIT_VR_LE
+EXPLICIT_LE = EXPLICIT_VR_LE
 #: Larger than scu.STREAM_CHUNK (4 MiB): batchstore streams it in chunks instead of one gather write.
 BIG_FILE_SIZE = 5 * 2**20
 
@@ -151,13 +154,7 @@ class PynetdicomSCP:
         ae.require_called_aet = require_called_aet
         # pynetdicom accepts in its own order of preference: each file's own syntax before implicit VR, so
         # nothing is transcoded and every data set can be compared byte for byte
-        syntaxes = [
-            EXPLICIT_LE,
-            "1.2.840.10008.1.2.2",
-            "1.2.840.10008.1.2.5",
-            "1.2.840.10008.1.2.1.99",
-            IMPLICIT,
-        ]
+        syntaxes = [EXPLICIT_LE, EXPLICIT_VR_BE, RLE_LOSSLESS, DEFLATED_EXPLICIT_VR_LE, IMPLICIT]
         for uid in _STORAGE_CLASSES.values():
             ae.add_supported_context(uid, syntaxes)
         ae.add_supported_context(Verification)
@@ -234,6 +231,7 @@ def test_both_scus_negotiate_echo_and_fail_alike(
 
 
 @pytest.mark.parametrize("pdu", [4096, 16384, 131072])
+@pytest.mark.needs_dcmtk
 def test_to_dcmtk_storescp_at_every_pdu_size(
     corpus: Corpus, engine: str, pdu: int, storescp: Callable[..., DcmtkStorescp]
 ) -> None:
@@ -248,6 +246,7 @@ def test_to_dcmtk_storescp_at_every_pdu_size(
     assert "Aborted" not in log
 
 
+@pytest.mark.needs_dcmtk
 def test_abort_option_aborts_instead_of_releasing(
     small: Corpus, engine: str, storescp: Callable[..., DcmtkStorescp]
 ) -> None:
@@ -293,12 +292,12 @@ def test_to_pynetdicom_scp_with_unlimited_pdu(
 
 @pytest.fixture(scope="module")
 def orthanc_server() -> Iterator[Orthanc]:
-    if not os.access(ORTHANC_BIN, os.X_OK):
-        pytest.skip("Orthanc not installed")
+    """One Orthanc for the module; the tests using it are marked needs_orthanc (checked before this starts)."""
     with Orthanc() as server:
         yield server
 
 
+@pytest.mark.needs_orthanc
 def test_to_orthanc(engine: str, orthanc_server: Orthanc, tmp_path: Path) -> None:
     corpus = make_corpus(tmp_path / "c", 20, seed=50 + ENGINES.index(engine), profile="mixed")
     report = send(corpus.root, orthanc_server.dicom_port, engine, called_ae="ORTHANC")
@@ -443,6 +442,7 @@ def test_pynetdicom_scu_to_batchstore_receive(corpus: Corpus, tmp_path: Path) ->
     assert_identical(corpus, received_index(rx.out))
 
 
+@pytest.mark.needs_dcmtk
 def test_cli_engine_pynetdicom(small: Corpus, tmp_path: Path, storescp: Callable[..., DcmtkStorescp]) -> None:
     scp = storescp(["+xa", "+B"])
     report_path = tmp_path / "report.json"

@@ -22,12 +22,12 @@ from peers import (
 )
 from pydicom.errors import InvalidDicomError
 
-gen_corpus = gen_corpus_module()
+from batchstore.dicom.uids import EXPLICIT_VR_BE as EXPLICIT_BE
+from batchstore.dicom.uids import EXPLICIT_VR_LE as EXPLICIT_LE
+from batchstore.dicom.uids import IMPLICIT_VR_LE as IMPLICIT_LE
+from batchstore.dicom.uids import RLE_LOSSLESS as RLE
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
-RLE = "1.2.840.10008.1.2.5"
+gen_corpus = gen_corpus_module()
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -180,6 +180,7 @@ def test_free_port_is_bindable():
         s.bind(("127.0.0.1", port))
 
 
+@pytest.mark.needs_dcmtk
 def test_storescp_bit_preserving_roundtrip(corpus_small, storescp):
     picked = _pick(corpus_small, per_key=2)
     by_ts = collections.defaultdict(list)
@@ -201,6 +202,7 @@ def test_storescp_bit_preserving_roundtrip(corpus_small, storescp):
         assert dataset_bytes(got) == dataset_bytes(corpus_small.path(rec)), rec["path"]
 
 
+@pytest.mark.needs_dcmtk
 def test_storescp_fork_receives_directory_and_skips_junk(corpus_small, storescp):
     scp = storescp(["--fork", "+xa"], nodelay=True)
     cp = dcmtk_send([corpus_small.root], scp.port, ["+sd", "+r", "-nh", "-xr"])
@@ -218,6 +220,7 @@ def test_storescp_fork_receives_directory_and_skips_junk(corpus_small, storescp)
     assert (a == b).all()
 
 
+@pytest.mark.needs_dcmtk
 def test_storescp_stop_kills_forked_children(storescp):
     import psutil
     from pynetdicom import AE
@@ -246,6 +249,8 @@ def test_storescp_stop_kills_forked_children(storescp):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.needs_dcmtk
+@pytest.mark.needs_orthanc
 def test_orthanc_receives_from_storescu(corpus_small, orthanc):
     assert orthanc.count_instances() == 0
     recs = corpus_small.files
@@ -260,6 +265,8 @@ def test_orthanc_receives_from_storescu(corpus_small, orthanc):
     assert orthanc.count_instances() == len(recs)
 
 
+@pytest.mark.needs_dcmtk
+@pytest.mark.needs_orthanc
 def test_orthanc_accepts_many_classes_and_any_called_aet(tmp_path, orthanc):
     c = make_corpus(tmp_path / "many", 20, sop_classes=20)
     cp = dcmtk_send(c.paths(), orthanc.dicom_port, ["-R"], called_aet="WHATEVER", aet="SOMEONE")

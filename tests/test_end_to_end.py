@@ -58,6 +58,7 @@ def test_send_to_receive_at_extreme_peer_pdu(tmp_path: Path, pdu: str) -> None:
         assert dataset_bytes(got[f["sop_instance_uid"]]) == dataset_bytes(tmp_path / "c" / f["path"])
 
 
+@pytest.mark.needs_dcmtk
 def test_dcmsend_into_receive(tmp_path: Path) -> None:
     """DCMTK's dcmsend (a different sender from storescu: it decompresses and proposes per file) into receive."""
     from peers import DCMTK_DCMSEND, dcmtk_env

@@ -5,8 +5,6 @@ Storage SCU that can do what DCMTK will not (invalid UIDs, half a data set then 
 from __future__ import annotations
 
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,12 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from peers import BatchstoreReceiver
 from pydicom import config
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 
+from batchstore.dicom import uids
 from batchstore.net import acse, dimse, sockets
 from batchstore.net import pdu as net
 
@@ -29,16 +29,13 @@ LOOPBACK = "127.0.0.1"
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SC = "1.2.840.10008.5.1.4.1.1.7"
-VERIFICATION = "1.2.840.10008.1.1"
-IMPLICIT = "1.2.840.10008.1.2"
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-DEFLATED = "1.2.840.10008.1.2.1.99"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+VERIFICATION = uids.VERIFICATION_SOP_CLASS
+IMPLICIT = uids.IMPLICIT_VR_LE
+EXPLICIT_LE = uids.EXPLICIT_VR_LE
+DEFLATED = uids.DEFLATED_EXPLICIT_VR_LE
+EXPLICIT_BE = uids.EXPLICIT_VR_BE
+JPEG_BASELINE = uids.JPEG_BASELINE
 ALL_UNCOMPRESSED = (IMPLICIT, EXPLICIT_LE, EXPLICIT_BE)
-
-_PID = re.compile(r"Association Received \S+: \S+ -> \S+ \(pid (\d+)\)")
-
 
 def temp_files(directory: Path) -> list[str]:
     """batchstore's temporary files in `directory`."""
@@ -60,11 +57,12 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type:
         time.sleep(interval)
 
 
-class Receiver:
-    """``python -m batchstore receive ... 0`` on 127.0.0.1 with ``--port-file``, as a context manager.
+class Receiver(BatchstoreReceiver):
+    """`peers.BatchstoreReceiver` as the receive tests start it: ``Receiver(tmp_path, args, out=...)``.
 
-    `args` go before the port; ``-od`` is `out` (a fresh directory by default). The log (stdout and
-    stderr) is kept in a file; ``-v`` is added unless `verbose` is False.
+    `args` go before the port; ``-od`` is `out` (a fresh directory by default). Single process unless
+    `args` has ``--fork``; ``-v`` is added unless `verbose` is False. The log (stdout and stderr) and the
+    port file are kept in `tmp_path`, also the working directory; leaving the ``with`` block kills it.
     """
 
     def __init__(
@@ -77,95 +75,31 @@ class Receiver:
         port_arg: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__(
+            out if out is not None else tmp_path / "out",
+            args,
+            start_timeout=20,
+            fork=False,
+            verbose=verbose,
+            port_arg=port_arg,
+            env=env,
+            cwd=tmp_path,
+            work_dir=tmp_path,
+            graceful=False,
+        )
         self.tmp = tmp_path
-        self.out = out if out is not None else tmp_path / "out"
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.port_file = tmp_path / f"port-{time.monotonic_ns()}"
-        self.log_path = tmp_path / f"receive-{time.monotonic_ns()}.log"
-        self.args = list(args)
-        self.verbose = verbose
-        self.port_arg = port_arg
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
 
     @property
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "batchstore", "receive"]
-        if self.verbose:
-            cmd.append("-v")
-        cmd += ["--host", LOOPBACK, "--port-file", str(self.port_file), "-od", str(self.out), *self.args]
-        return cmd + (["0"] if self.port_arg else [])
+    def out(self) -> Path:
+        return self.out_dir
 
-    def start(self) -> Receiver:
-        env = dict(os.environ if self.env is None else self.env)
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.tmp,
-                env=env,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"receiver exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                text = self.port_file.read_text()
-            except FileNotFoundError:
-                text = ""
-            if text.endswith("\n"):
-                self.port = int(text)
-                return self
-            time.sleep(0.02)
-        self.kill()
-        raise TimeoutError(f"receiver did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def child_pids(self) -> list[int]:
-        """The pids logged on "Association Received" lines (-v), in order."""
-        return [int(pid) for pid in _PID.findall(self.log())]
-
-    def send_signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        """Send `sig` to the server and wait for it; return its exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
+    @property
+    def args(self) -> list[str]:
+        return self.extra_args
 
     def __enter__(self) -> Receiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
+        self.start()
+        return self
 
 
 def run_receive(tmp_path: Path, args: list[str], timeout: float = 20) -> subprocess.CompletedProcess[str]:

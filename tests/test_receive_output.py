@@ -93,6 +93,7 @@ def test_write_dataset_only_keeps_bytes(tmp_path: Path) -> None:
     assert raw == encode(ds)  # no preamble, no meta: the data set as sent
 
 
+@pytest.mark.needs_dcmtk
 def test_bit_preserving_keeps_bytes(tmp_path: Path) -> None:
     src = write_part10(tmp_path / "src.dcm", ct_dataset(f"{UID_ROOT}.2"), EXPLICIT_BE)
     with Receiver(tmp_path, ["+B", "+xb"]) as rx:
@@ -127,6 +128,7 @@ def test_write_transfer_syntax(tmp_path: Path, option: str, sent_ts: str, writte
     assert np.array_equal(out.pixel_array, original.pixel_array)  # words swapped where the byte order changed
 
 
+@pytest.mark.needs_dcmtk
 def test_deflated_compression_level_and_deflated_reception(tmp_path: Path) -> None:
     ds = ct_dataset(f"{UID_ROOT}.4", rows=64)
     ds.PixelData = bytes(64 * 64 * 2)  # compressible

@@ -263,7 +263,7 @@ def test_peer_with_two_associations_and_six_workers(corpus: tuple[Path, set[str]
 
 def test_workers_exit_when_the_coordinator_dies(corpus: tuple[Path, set[str]]) -> None:
     path, uids = corpus
-    with ScriptedSCP(paced(0.004)) as scp:
+    with PeerSCP(paced(0.004)) as scp:
         proc = start_send("-j", "2", "--batch-size", "60", "+sd", "+r", "127.0.0.1", str(scp.port), str(path))
         wait_until(lambda: scp.count >= 20 and len(psutil.Process(proc.pid).children()) == 2)
         workers = psutil.Process(proc.pid).children()
@@ -271,6 +271,7 @@ def test_workers_exit_when_the_coordinator_dies(corpus: tuple[Path, set[str]]) -
         proc.wait(timeout=10)
         gone, alive = psutil.wait_procs(workers, timeout=10)
         assert not alive, "orphaned workers kept running"
+        # the peer reports every association over and the senders are gone: nothing can arrive after this
+        wait_until(lambda: scp.active == 0, timeout=10)
         count = scp.count
-        time.sleep(0.3)
         assert scp.count == count < 120  # they stopped sending before finishing their first batches (2 x 60)
