@@ -6,9 +6,13 @@ Benchmarks, in order (each is also runnable alone, see its docstring):
 - ``send``     (bench_send.py):    batchstore send -j 2 vs storescu: 5,000 x 1 KB and 1,000 x 513 KB to
   storescp --fork (fair: TCP_NODELAY=1), 200 x 1 KB to a storescp and an Orthanc that keep Nagle on
   (storescu as deployed, and with TCP_NODELAY=1 for information).
+- ``engines``  (bench_engines.py): the same 2,000 x 1 KB and 300 x 513 KB to storescp --fork from storescu,
+  batchstore send --engine batchstore and --engine pynetdicom, -j 1 and -j 2 (report only, no target).
 - ``receive``  (bench_receive.py): batchstore receive --fork vs storescp --fork, two concurrent storescu.
 - ``scaling``  (bench_scaling.py): batchstore send with -j 1/2/4/8, and against peer max PDU sizes.
 - ``scan``     (bench_scan.py):    batchstore scan of 100,000 files, warm cache.
+- ``parser``   (bench_parser.py):  the scan's header parser vs pydicom.dcmread(stop_before_pixels=True) and
+  read_file_meta_info, in process, us per file (report only, no target).
 - ``memory``   (bench_memory.py):  peak RSS while sending / receiving one 1 GB file.
 
 Usage: ``python perf/run_all.py [--quick] [--only send,receive,...] [--work DIR]``. ``--quick`` runs about a
@@ -30,8 +34,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import bench_engines
 import bench_journal
 import bench_memory
+import bench_parser
 import bench_receive
 import bench_scaling
 import bench_scan
@@ -42,9 +48,11 @@ from common import RESULTS, ROOT, print_summary, summary_row, work_dir, write_js
 BENCHMARKS = {
     "send": bench_send.run,
     "journal": bench_journal.run,
+    "engines": bench_engines.run,  # report only
     "receive": bench_receive.run,
     "scaling": bench_scaling.run,
     "scan": bench_scan.run,
+    "parser": bench_parser.run,  # report only
     "memory": bench_memory.run,
 }
 
