@@ -14,6 +14,7 @@ import zlib
 from typing import Protocol
 
 from .meta import file_meta
+from .transcode import SWAP_WIDTH, swap_bytes
 from .uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE, NATIVE_CONVERTIBLE
 
 log = logging.getLogger("batchstore.storage")
@@ -73,8 +74,6 @@ def dataset_encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
 
 #: VRs storescp's ``-u`` writes as OB ("post-1993" value representations).
 NEW_VRS = frozenset(("UN", "UT", "UC", "UR", "OD", "OF", "OL", "OV"))
-#: Word size of the binary VRs whose bytes must be swapped when the byte order changes.
-_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _PADDING_TAG = 0xFFFCFFFC
 
 
@@ -169,9 +168,9 @@ class _Encoder:
         if not self.new_vr and vr in NEW_VRS and self.explicit:
             elem = DataElement(elem.tag, "OB", self._value_bytes(elem, encodings))
         elif (
-            self.swap and vr in _SWAP_WIDTH and isinstance(elem.value, bytes) and not elem.is_undefined_length
+            self.swap and vr in SWAP_WIDTH and isinstance(elem.value, bytes) and not elem.is_undefined_length
         ):
-            elem = DataElement(elem.tag, vr, _swap(elem.value, _SWAP_WIDTH[vr]))
+            elem = DataElement(elem.tag, vr, swap_bytes(elem.value, SWAP_WIDTH[vr]))
         write_data_element(fp, elem, encodings)
 
     def item(self, ds, encodings) -> bytes:  # type: ignore[no-untyped-def]
@@ -193,14 +192,6 @@ class _Encoder:
         fp.is_implicit_VR = True
         write_data_element(fp, elem, encodings)
         return bytes(fp.getvalue()[8:])
-
-
-def _swap(value: bytes, width: int) -> bytes:
-    import numpy as np
-
-    usable = len(value) - len(value) % width
-    swapped = np.frombuffer(value, dtype=f"<u{width}", count=usable // width).byteswap().tobytes()
-    return swapped + value[usable:]
 
 
 def reencode_file(

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 # pydicom and numpy are imported inside the functions: this module is imported by every send run, and
 # most runs never take the slow path.
 
-_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+#: Word size of the binary VRs whose bytes must be swapped when the byte order changes (pydicom keeps
+#: their values as raw bytes).
+SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _NEW_VRS = {"UN", "UT", "UC", "UR", "OD", "OL", "OV", "SV", "UV"}
 
 
@@ -42,14 +44,21 @@ class EditOptions:
         return self.invent_instance or self.uid_padding or self.disable_new_vr
 
 
-def _swap_raw(ds: Dataset) -> None:
-    """Byte-swap raw multi-byte values (OW/OF/OL/OD/OV) in place, recursively: pydicom leaves them raw."""
+def swap_bytes(value: bytes | bytearray, width: int) -> bytes:
+    """`value` with the byte order of every `width`-byte word reversed; a trailing partial word is kept."""
     import numpy as np
 
+    usable = len(value) - len(value) % width
+    swapped = np.frombuffer(value, dtype=f"<u{width}", count=usable // width).byteswap().tobytes()
+    return swapped + bytes(value[usable:])
+
+
+def _swap_raw(ds: Dataset) -> None:
+    """Byte-swap raw multi-byte values (OW/OF/OL/OD/OV) in place, recursively: pydicom leaves them raw."""
     for elem in ds.iterall():
-        width = _SWAP_WIDTH.get(elem.VR)
+        width = SWAP_WIDTH.get(elem.VR)
         if width and isinstance(elem.value, (bytes, bytearray)) and len(elem.value) % width == 0:
-            elem.value = np.frombuffer(elem.value, dtype=f"u{width}").byteswap().tobytes()
+            elem.value = swap_bytes(elem.value, width)
 
 
 def _strip_uid_padding(ds: Dataset) -> None:
