@@ -3,8 +3,9 @@
 This is batchstore's hot path. pynetdicom's `Association` hands every message between its DUL thread and
 the caller and polls with 1 ms sleeps (~2 ms and ~1.2 ms of CPU per C-STORE, measured in perf/); here a
 single synchronous loop writes the command and the data set's bytes as P-DATA-TF PDUs with one gather
-write and reads the C-STORE-RSP on the same thread. Negotiation still uses pynetdicom's PDU encoders
-(see `acse`).
+write and reads the C-STORE-RSP on the same thread. The A-ASSOCIATE exchange is encoded and decoded with
+``struct`` in `net.acse`, so the send path never imports pynetdicom (docs/design.md, "A hand-written upper
+layer").
 """
 
 from __future__ import annotations
