@@ -16,7 +16,7 @@ import click
 
 from .. import __version__
 from ..receiver.events import EventOptions
-from ..receiver.options import ReceiveOptions, StorageOptions, validate
+from ..receiver.options import DEFAULT_MAX_ASSOCIATIONS, ReceiveOptions, StorageOptions, validate
 from ..receiver.server import serve
 from .common import logging_options, setup_logging, tls_options
 
@@ -107,8 +107,11 @@ def _pdu_or_unlimited(ctx: click.Context, param: click.Parameter, value: int) ->
 @click.option(
     "--max-associations",
     type=click.IntRange(min=0),
-    default=0,
-    help="With --fork: at most N associations at a time; wait for one to end before accepting more (0: no limit).",
+    default=None,
+    help=(
+        f"With --fork: at most N associations at a time; further ones wait for a free slot "
+        f"(default {DEFAULT_MAX_ASSOCIATIONS}; 0: no limit)."
+    ),
 )
 # network options
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
@@ -194,6 +197,11 @@ def _pdu_or_unlimited(ctx: click.Context, param: click.Parameter, value: int) ->
     type=click.Path(exists=True, file_okay=False),
     default=".",
     help="Write received objects to existing directory D.",
+)
+@click.option(
+    "--fsync",
+    is_flag=True,
+    help="Sync each received file and its directory to disk before acknowledging it (durable, slower).",
 )
 @_switch("bit", False, "-B", "--normal", help="Allow implicit format conversions (default).")
 @_switch("bit", True, "+B", "--bit-preserving", help="Write data exactly as read.")
@@ -350,7 +358,7 @@ def build_options(ctx: click.Context, port: int | None, kw: dict[str, Any]) -> R
         raise ValueError(
             "the preferred network transfer syntax options (+x...) cannot be used with --config-file"
         )
-    if kw["max_associations"] and mode != "fork":
+    if kw["max_associations"] is not None and mode != "fork":
         raise ValueError("--max-associations only with --fork")
     sort, sort_prefix = choices.get("sort", (None, ""))
     padding_choice = choices.get("padding")
@@ -372,6 +380,7 @@ def build_options(ctx: click.Context, port: int | None, kw: dict[str, Any]) -> R
         extension=kw["filename_extension"],
         ignore=kw["ignore"],
         uid_padding=kw["uid_padding"],
+        fsync=kw["fsync"],
     )
     events = EventOptions(
         exec_on_reception=kw["exec_on_reception"],

@@ -3,16 +3,18 @@
 The requestor's side (A-ASSOCIATE-RQ out, A-ASSOCIATE-AC/RJ in) is encoded here with ``struct``: the
 send path then never imports pynetdicom, whose import (with pydicom's) cost 0.35 s of every
 ``batchstore send`` run on the 2-core reference machine, 40 % of a 200-file run (perf/bench_send.py,
-"nagle" scenario). The acceptor's side (`decode_request`, `encode_accept`) runs in long-lived
-receivers and uses pynetdicom's PDU classes, imported on first use; tests check that both encoders
-agree (tests/test_acse.py).
+"nagle" scenario). The acceptor decodes a request with ``struct`` too (`decode_request`: it reads
+what any peer sends, so it checks every length against its container and reports how a request breaks
+the standard) and encodes its answer with pynetdicom's PDU classes, imported on first use; tests
+check that both sides agree (tests/test_acse.py) and that no input makes the decoder raise anything
+but `ProtocolError` (tests/test_properties.py).
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..dicom.meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .errors import NetError, ProtocolError
@@ -214,58 +216,143 @@ def decode_reject(body: bytes | bytearray) -> AssociationRejected:
     return AssociationRejected(body[1], body[2], body[3])
 
 
-def decode_request(body: bytes) -> tuple[AssociationRequest, bytes | None]:
-    """Decode an A-ASSOCIATE-RQ body (acceptor side).
+class Violation(NamedTuple):
+    """How an A-ASSOCIATE-RQ breaks the standard, as the A-ASSOCIATE-RJ that answers it (PS3.8 9.3.4)."""
+
+    result: int
+    source: int
+    reason: int
+    text: str
+
+
+#: The longest UID the standard allows (PS3.5 9.1); AE titles are at most 16 characters.
+MAX_UID_LENGTH = 64
+
+
+def valid_text(value: str, limit: int) -> bool:
+    """True for a UID or AE title a response can carry: 1..`limit` printable ASCII characters."""
+    return 0 < len(value) <= limit and value.isascii() and value.isprintable()
+
+
+def _ae_title(raw: bytes) -> tuple[str, bool]:
+    """An AE title field as text, and whether it is acceptable (printable ASCII, not blank)."""
+    text = raw.decode("ascii", "replace").strip(" \0")
+    return text, valid_text(text, 16) and "\\" not in text
+
+
+def decode_request(body: bytes | bytearray) -> tuple[AssociationRequest, Violation | None]:
+    """Decode an A-ASSOCIATE-RQ body (acceptor side) with ``struct``, checking it against PS3.8 9.3.2.
 
     Returns
     -------
     request : AssociationRequest
-    implementation_class_uid_present : bytes or None
-        Unused placeholder for symmetry; the request's implementation UID is in the request ("" if absent).
-    """
-    from pynetdicom import pdu as _pdu
-    from pynetdicom import pdu_primitives as _prim
+    violation : Violation or None
+        The first rule the request breaks (protocol version, blank or unprintable AE titles, no
+        presentation context, even, zero or repeated context IDs, a context without abstract or transfer
+        syntax, no user information): what the A-ASSOCIATE-RJ answering it says.
 
-    pdu = _pdu.A_ASSOCIATE_RQ()
-    pdu.decode(_wrap(0x01, body))
-    primitive = pdu.to_primitive()
-    contexts = tuple(
-        (
-            int(pc.context_id or 0),
-            str(pc.abstract_syntax or ""),
-            tuple(str(ts) for ts in pc.transfer_syntax),
-        )
-        for pc in primitive.presentation_context_definition_list
-    )
+    Raises
+    ------
+    ProtocolError
+        If the PDU is too short or an item runs past the end of its container: answered with A-ABORT.
+    """
+    if len(body) < 68:
+        raise ProtocolError(f"short A-ASSOCIATE-RQ ({len(body)} bytes)")
+    (version,) = struct.unpack_from(">H", body, 0)
+    called_ae, called_ok = _ae_title(bytes(body[4:20]))
+    calling_ae, calling_ok = _ae_title(bytes(body[20:36]))
+    violation: Violation | None = None
+
+    def violated(result: int, source: int, reason: int, text: str) -> None:
+        nonlocal violation
+        if violation is None:
+            violation = Violation(result, source, reason, text)
+
+    if not version & 1:
+        violated(RESULT_REJECTED_PERMANENT, SOURCE_ACSE_PROVIDER, 2, f"protocol version 0x{version:04X}")
+    if not calling_ok:
+        violated(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNIZED,
+                 f"calling AE title {calling_ae!r} is blank or not printable ASCII")
+    if not called_ok:
+        violated(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLED_AE_NOT_RECOGNIZED,
+                 f"called AE title {called_ae!r} is blank or not printable ASCII")
+    application_context = ""
+    contexts: list[tuple[int, str, tuple[str, ...]]] = []
+    seen: set[int] = set()
     max_pdu = 0
-    impl_uid = ""
-    impl_version = ""
+    impl_uid = impl_version = ""
     identity = None
-    for item in primitive.user_information:
-        if isinstance(item, _prim.MaximumLengthNotification):
-            max_pdu = int(item.maximum_length_received or 0)
-        elif isinstance(item, _prim.ImplementationClassUIDNotification):
-            impl_uid = str(item.implementation_class_uid or "")
-        elif isinstance(item, _prim.ImplementationVersionNameNotification):
-            impl_version = str(item.implementation_version_name or "")
-        elif isinstance(item, _prim.UserIdentityNegotiation):
-            identity = UserIdentity(
-                int(item.user_identity_type or 0),
-                bytes(item.primary_field or b""),
-                bytes(item.secondary_field or b""),
-                bool(item.positive_response_requested),
-            )
+    user_information = False
+    for item_type, payload in _iter_items(body, 68, len(body)):
+        if item_type == 0x10:
+            application_context = _uid_text(payload)
+        elif item_type == 0x20:
+            if len(payload) < 4:
+                raise ProtocolError("short presentation context item")
+            context_id = payload[0]
+            abstract = ""
+            syntaxes: list[str] = []
+            abstract_items = 0
+            for sub_type, sub in _iter_items(payload, 4, len(payload)):
+                if sub_type == 0x30:
+                    abstract = _uid_text(sub)
+                    abstract_items += 1
+                elif sub_type == 0x40:
+                    syntaxes.append(_uid_text(sub))
+            if context_id == 0 or not context_id & 1 or context_id in seen:
+                violated(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON,
+                         f"presentation context ID {context_id} is not a new odd number from 1 to 255")
+            elif abstract_items != 1 or not abstract or not syntaxes:
+                violated(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON,
+                         f"presentation context {context_id} needs one abstract syntax and a transfer syntax")
+            seen.add(context_id)
+            contexts.append((context_id, abstract, tuple(syntaxes)))
+        elif item_type == 0x50:
+            user_information = True
+            for sub_type, sub in _iter_items(payload, 0, len(payload)):
+                if sub_type == 0x51 and len(sub) >= 4:
+                    (max_pdu,) = struct.unpack_from(">L", sub, 0)
+                elif sub_type == 0x52:
+                    impl_uid = _uid_text(sub)
+                elif sub_type == 0x55:
+                    impl_version = sub.decode("ascii", "replace").strip(" \0")
+                elif sub_type == 0x58:
+                    identity = _user_identity(sub)
+    if not contexts:
+        violated(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON,
+                 "no presentation context proposed")
+    if not user_information:
+        violated(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON,
+                 "no user information item")
     request = AssociationRequest(
-        calling_ae=str(primitive.calling_ae_title).strip(),
-        called_ae=str(primitive.called_ae_title).strip(),
-        contexts=contexts,
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        contexts=tuple(contexts),
         max_pdu=max_pdu,
         user_identity=identity,
         implementation_class_uid=impl_uid,
         implementation_version_name=impl_version,
-        application_context=str(primitive.application_context_name or ""),
+        application_context=application_context,
     )
-    return request, None
+    return request, violation
+
+
+def _uid_text(raw: bytes) -> str:
+    return raw.decode("ascii", "replace").rstrip("\0 ")
+
+
+def _user_identity(sub: bytes) -> UserIdentity:
+    """A User Identity sub-item (PS3.7 D.3.3.7.1)."""
+    if len(sub) < 4:
+        raise ProtocolError("short user identity sub-item")
+    kind, positive, primary_length = struct.unpack_from(">BBH", sub, 0)
+    end = 4 + primary_length
+    if end + 2 > len(sub):
+        raise ProtocolError("user identity sub-item runs past its end")
+    (secondary_length,) = struct.unpack_from(">H", sub, end)
+    if end + 2 + secondary_length > len(sub):
+        raise ProtocolError("user identity sub-item runs past its end")
+    return UserIdentity(kind, bytes(sub[4:end]), bytes(sub[end + 2 : end + 2 + secondary_length]), bool(positive))
 
 
 def encode_accept(

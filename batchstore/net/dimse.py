@@ -46,8 +46,18 @@ def _ui(value: str) -> bytes:
 
 
 def _text(value: str) -> bytes:
-    raw = value.encode("ascii", "replace")
+    """A short text value (Error Comment, LO): printable ASCII, anything else as ``?``."""
+    raw = "".join(c if " " <= c <= "~" else "?" for c in value).encode("ascii")
     return raw + b" " if len(raw) % 2 else raw
+
+
+#: The longest UID the standard allows (PS3.5 9.1).
+MAX_UID_LENGTH = 64
+
+
+def encodable_uid(value: str) -> bool:
+    """True when `value` can go back to the peer as a UID in a response: 1..64 ASCII characters."""
+    return 0 < len(value) <= MAX_UID_LENGTH and value.isascii()
 
 
 def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
@@ -134,7 +144,11 @@ def c_store_rsp(
     status: int,
     error_comment: str | None = None,
 ) -> bytes:
-    """Return the encoded C-STORE-RSP command set."""
+    """Return the encoded C-STORE-RSP command set.
+
+    With an `error_comment` (up to 64 characters, as printable ASCII) the two UIDs are optional: an empty
+    one, or one `encodable_uid` refuses (what a peer sent that no response can carry), is left out.
+    """
     if not error_comment:
         # The per-file case of a receiver: one cached prefix per SOP class, one pack for the rest.
         parts = _STORE_RSP_PARTS.get(sop_class_uid)
@@ -158,16 +172,16 @@ def c_store_rsp(
             len(uid),
         )
         return _GROUP_LENGTH.pack(0, 0, 4, fixed + len(uid)) + before + tail + uid
-    elements = [
-        (AFFECTED_SOP_CLASS_UID, _ui(sop_class_uid)),
+    elements = [(AFFECTED_SOP_CLASS_UID, _ui(sop_class_uid))] if encodable_uid(sop_class_uid) else []
+    elements += [
         (COMMAND_FIELD, _US.pack(C_STORE_RSP)),
         (MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id & 0xFFFF)),
         (COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
         (STATUS, _US.pack(status)),
+        (ERROR_COMMENT, _text(error_comment[:64])),
     ]
-    if error_comment:
-        elements.append((ERROR_COMMENT, _text(error_comment[:64])))
-    elements.append((AFFECTED_SOP_INSTANCE_UID, _ui(sop_instance_uid)))
+    if encodable_uid(sop_instance_uid):
+        elements.append((AFFECTED_SOP_INSTANCE_UID, _ui(sop_instance_uid)))
     return encode_command(elements)
 
 
@@ -212,6 +226,7 @@ class Command:
         "sop_class_uid",
         "sop_instance_uid",
         "error_comment",
+        "problem",
         "raw",
     )
 
@@ -224,6 +239,7 @@ class Command:
         self.sop_class_uid = ""
         self.sop_instance_uid = ""
         self.error_comment = ""
+        self.problem = ""  # why a UID cannot be used (not ASCII, longer than 64): "" when both can
         self.raw: dict[int, bytes] = {}
 
     def __repr__(self) -> str:
@@ -234,12 +250,23 @@ class Command:
         )
 
 
-def _uid_value(raw: bytes) -> str:
-    return raw.rstrip(b"\0 ").decode("ascii", "replace")
+def _uid_value(cmd: Command, raw: bytes, name: str) -> str:
+    raw = raw.rstrip(b"\0 ")
+    try:
+        value = raw.decode("ascii")
+    except UnicodeDecodeError:
+        cmd.problem = f"{name} is not ASCII"
+        return raw.decode("ascii", "replace")
+    if len(value) > MAX_UID_LENGTH:
+        cmd.problem = f"{name} is longer than {MAX_UID_LENGTH} characters"
+    return value
 
 
 def decode_command(data: bytes | bytearray | memoryview) -> Command:
     """Decode an Implicit VR Little Endian command set.
+
+    UIDs no response could carry (not ASCII, longer than 64 characters) are kept
+    (non-ASCII bytes as U+FFFD) and named in `Command.problem`.
 
     Raises
     ------
@@ -272,10 +299,10 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
         cmd.data_set_present = _US.unpack_from(value)[0] != NO_DATA_SET
     value = raw.get(AFFECTED_SOP_CLASS_UID)
     if value is not None:
-        cmd.sop_class_uid = _uid_value(value)
+        cmd.sop_class_uid = _uid_value(cmd, value, "Affected SOP Class UID")
     value = raw.get(AFFECTED_SOP_INSTANCE_UID)
     if value is not None:
-        cmd.sop_instance_uid = _uid_value(value)
+        cmd.sop_instance_uid = _uid_value(cmd, value, "Affected SOP Instance UID")
     value = raw.get(ERROR_COMMENT)
     if value is not None:
         cmd.error_comment = value.rstrip(b"\0 ").decode("ascii", "replace")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
+import time
 from collections.abc import Sequence
 
 from .errors import PeerAborted, ProtocolError
@@ -39,8 +40,34 @@ PDU_NAMES = {
 _HEADER = struct.Struct(">BxL")
 PDV_HEADER = struct.Struct(">BxLLBB")  # PDU type, PDU length, PDV item length, context ID, control
 
-#: A sanity bound on a single received PDU: larger is treated as a protocol error, not allocated.
+#: The default bound on a single received PDU (a `PDUReader`'s `max_pdu`): larger is a protocol error,
+#: not allocated. The receiver reads with the maximum it advertised instead.
 MAX_RECEIVE_PDU = 64 * 2**20
+
+#: Received PDU bodies up to this size are allocated at once (bounded by `PDUReader.max_pdu`); a larger
+#: one grows as its bytes arrive, never by what its header claims.
+_GROW_FROM = 1 << 20
+
+# A-ABORT reasons (PS3.8 Table 9-26) a protocol error maps to
+ABORT_REASON_NOT_SPECIFIED = 0
+ABORT_UNRECOGNIZED_PDU = 1
+ABORT_UNEXPECTED_PDU = 2
+ABORT_UNRECOGNIZED_PARAMETER = 4
+ABORT_UNEXPECTED_PARAMETER = 5
+ABORT_INVALID_PARAMETER = 6
+
+
+class UnknownPDU(ProtocolError):
+    """A PDU type the upper layer does not define (A-ABORT reason 1, unrecognized-PDU)."""
+
+    abort_reason = ABORT_UNRECOGNIZED_PDU
+
+
+class PDUTooLong(ProtocolError):
+    """A PDU longer than the reader accepts: what this side advertised, or the cap before association
+    (A-ABORT reason 6, invalid-PDU-parameter value)."""
+
+    abort_reason = ABORT_INVALID_PARAMETER
 
 
 #: Receive buffer of a `PDUReader`: a C-STORE-RSP, a command set or a small data set's PDUs arrive in
@@ -53,10 +80,27 @@ class PDUReader:
 
     Small PDUs are cut out of one receive buffer; a PDU larger than what is buffered is received straight
     into its own ``bytearray``. Bodies are never reused, so fragments may be kept by the caller.
+
+    Attributes
+    ----------
+    max_pdu : int
+        The longest PDU body accepted (`MAX_RECEIVE_PDU` unless set): a longer one raises `PDUTooLong`
+        before anything is allocated for it.
+    deadline : float
+        A `time.monotonic` instant (0: none) after which a receive raises `TimeoutError`: the caller's
+        bound on a whole phase (a DIMSE message). Checked after each receive system call.
+    pdu_timeout : float
+        Seconds (0: none) a PDU that does not arrive in one receive may take to complete, when no
+        `deadline` is set: a peer trickling bytes cannot hold the reader longer.
     """
 
-    def __init__(self, sock: socket.socket, quickack_on_receive: bool = True) -> None:
+    def __init__(
+        self, sock: socket.socket, quickack_on_receive: bool = True, max_pdu: int = MAX_RECEIVE_PDU
+    ) -> None:
         self.sock = sock
+        self.max_pdu = max_pdu
+        self.deadline = 0.0
+        self.pdu_timeout = 0.0
         self._buf = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buf)
         self._start = 0
@@ -81,15 +125,29 @@ class PDUReader:
         if self._quickack:
             quickack(self.sock)
         self.bytes_received += n
+        if self.deadline and time.monotonic() > self.deadline:
+            raise TimeoutError("the peer did not complete its message in time")
         return n
+
+    def _arm(self) -> bool:
+        """A PDU takes more than one receive: bound it by `pdu_timeout` unless a deadline is set."""
+        if self.deadline or not self.pdu_timeout:
+            return False
+        self.deadline = time.monotonic() + self.pdu_timeout
+        return True
 
     def _fill(self, need: int) -> None:
         start, end = self._start, self._end
         if start:
             self._buf[: end - start] = self._view[start:end]
             self._start, self._end = 0, end - start
-        while self._end - self._start < need:
-            self._end += self._recv(self._view[self._end :])
+        armed = self._arm()
+        try:
+            while self._end - self._start < need:
+                self._end += self._recv(self._view[self._end :])
+        finally:
+            if armed:
+                self.deadline = 0.0
 
     def read_pdu(self) -> tuple[int, bytes | bytearray]:
         """Return the next PDU as (type, body), body without the 6-byte header.
@@ -115,9 +173,9 @@ class PDUReader:
                 start = self._start
         pdu_type, length = _HEADER.unpack_from(self._buf, start)
         if pdu_type not in PDU_NAMES:
-            raise ProtocolError(f"unknown PDU type 0x{pdu_type:02X}")
-        if length > MAX_RECEIVE_PDU:
-            raise ProtocolError(f"PDU length {length} exceeds {MAX_RECEIVE_PDU}")
+            raise UnknownPDU(f"unknown PDU type 0x{pdu_type:02X}")
+        if length > self.max_pdu:
+            raise PDUTooLong(f"{PDU_NAMES[pdu_type]} of {length} bytes exceeds the maximum of {self.max_pdu}")
         stop = start + 6 + length
         body: bytes | bytearray
         if stop <= self._end:
@@ -127,16 +185,32 @@ class PDUReader:
             else:
                 self._start = stop
         else:
-            have = self._end - start - 6
-            body = bytearray(length)
-            body[:have] = self._view[start + 6 : self._end]
-            self._start = self._end = 0
-            view = memoryview(body)
-            while have < length:
-                have += self._recv(view[have:])
+            body = self._read_rest(start, length)
         if pdu_type == A_ABORT:
             raise PeerAborted(body[2], body[3]) if len(body) >= 4 else PeerAborted()
         return pdu_type, body
+
+    def _read_rest(self, start: int, length: int) -> bytearray:
+        """The body of a PDU only partly buffered: received into a buffer of its own, allocated at once up
+        to `_GROW_FROM` bytes and grown (doubling) as bytes arrive beyond that."""
+        have = self._end - start - 6
+        body = bytearray(length if length <= _GROW_FROM else max(have, _GROW_FROM))
+        body[:have] = self._view[start + 6 : self._end]
+        self._start = self._end = 0
+        armed = self._arm()
+        try:
+            view = memoryview(body)
+            while have < length:
+                if have == len(body):
+                    view.release()
+                    body += bytes(min(len(body), length - have))
+                    view = memoryview(body)
+                have += self._recv(view[have:])
+            view.release()
+        finally:
+            if armed:
+                self.deadline = 0.0
+        return body
 
 
 class PDUStream(PDUReader):

@@ -8,6 +8,13 @@ threads: one ``recv_into`` per burst of PDUs, one ``sendall`` per response.
 
 A-ABORT from the peer, a lost connection, a timeout, a protocol error or a P-DATA on a context that was
 not accepted all end the association without leaving a partial file (the last case with an A-ABORT).
+
+What a peer sends is bounded before it is trusted (docs/design.md, "Hostile peers"): a PDU longer than
+the maximum we advertised, or a command set longer than `MAX_COMMAND_SET`, is a protocol error answered
+with A-ABORT; a request that breaks PS3.8 gets the A-ASSOCIATE-RJ with the standard's reason;
+negotiation must end within ``-ta`` of the connection, and a DIMSE message, once it started, within
+``-td`` (or ``-ts``) plus the time its data set takes at `MIN_DATA_RATE`. A C-STORE-RQ whose UIDs no
+response can carry gets a failure status of its own, and the association goes on.
 """
 
 from __future__ import annotations
@@ -30,14 +37,20 @@ from ..net.pdu import (
     A_ASSOCIATE_RQ,
     A_RELEASE_RP,
     A_RELEASE_RQ,
+    ABORT_INVALID_PARAMETER,
+    ABORT_UNEXPECTED_PARAMETER,
+    ABORT_UNEXPECTED_PDU,
+    MAX_RECEIVE_PDU,
     P_DATA_TF,
     PDU_NAMES,
     PDUReader,
     pdata_parts,
 )
 from ..net.sockets import phase_timeout, quickack, set_socket_timeout, tune_socket
+from ..net.status import CANNOT_UNDERSTAND
 from .events import EventRunner, Peer
-from .files import Discard, Incoming
+from .files import Discard, Incoming, Refused
+from .gate import MAX_ASSOCIATE_RQ
 from .negotiation import Negotiator
 from .store import Store
 
@@ -45,6 +58,14 @@ if TYPE_CHECKING:
     from .options import ReceiveOptions
 
 log = logging.getLogger("batchstore.scp")
+
+#: The longest command set accepted (a C-STORE-RQ takes about 200 bytes): a longer one, in one fragment
+#: or in many, is answered with A-ABORT instead of being buffered.
+MAX_COMMAND_SET = 16 * 1024
+#: A DIMSE message must arrive within ``-td`` (or ``-ts``) of its start, plus one second per this many
+#: data set bytes: a large data set from a slow but honest sender is not cut off, a trickle is.
+MIN_DATA_RATE = 128 * 1024
+_MAX_COMMAND_ITEM = MAX_COMMAND_SET + 2  # a PDV item's length counts its context ID and control header
 
 @dataclass(frozen=True)
 class AssociationResult:
@@ -96,6 +117,10 @@ class Association:
     negotiator : Negotiator
     store : receiver.store.Store
     events : events.EventRunner
+    request_pdu : bytes, optional
+        The A-ASSOCIATE-RQ body, when the server's pre-association stage (`receiver.gate`) already read it.
+    accepted : float, optional
+        When the connection was accepted (`time.monotonic`): ``-ta`` counts from there.
     """
 
     def __init__(
@@ -106,8 +131,12 @@ class Association:
         negotiator: Negotiator,
         store: Store,
         events: EventRunner,
+        request_pdu: bytes | None = None,
+        accepted: float = 0.0,
     ) -> None:
         self.sock = sock
+        self.request_pdu = request_pdu
+        self.accepted_at = accepted or time.monotonic()
         self.address = address
         self.options = options
         self.negotiator = negotiator
@@ -123,13 +152,15 @@ class Association:
         self.failures = 0
         self.data_bytes = 0
         self._command = bytearray()
-        self._incoming: Incoming | Discard | None = None
+        self._incoming: Incoming | Discard | Refused | None = None
         self._store_rq: dimse.Command | None = None  # the C-STORE-RQ whose data set is expected
         self._store_context = 0
         self._store_class = ""
         self._exec_on_reception = bool(events.options.exec_on_reception)
         self._verbose = log.isEnabledFor(logging.INFO)
         self._pid = os.getpid()
+        self._message_limit = phase_timeout(options.dimse_timeout, options.socket_timeout) or 0.0
+        self._seconds_per_byte = 1.0 / MIN_DATA_RATE
 
     # ---- entry point
 
@@ -153,7 +184,7 @@ class Association:
             outcome = "aborted"
         except ProtocolError as exc:
             log.error("protocol error: %s: aborting association", exc)
-            self._send_abort(2, 0)
+            self._send_abort(2, getattr(exc, "abort_reason", 0))
             outcome = "aborted"
         except OSError as exc:
             if self.request is None:
@@ -210,14 +241,24 @@ class Association:
 
     def _run(self) -> str:
         options = self.options
+        reader = self.reader
         set_socket_timeout(self.sock, phase_timeout(options.acse_timeout, options.socket_timeout))
-        pdu_type, body = self.reader.read_pdu()
-        if pdu_type != A_ASSOCIATE_RQ:
-            raise _Abort(f"expected A-ASSOCIATE-RQ, received {PDU_NAMES[pdu_type]}", reason=2)
+        body: bytes | bytearray
+        if self.request_pdu is None:  # --inetd, or an embedding caller: read the request here
+            reader.max_pdu = MAX_ASSOCIATE_RQ
+            if options.acse_timeout:
+                reader.deadline = self.accepted_at + options.acse_timeout
+            pdu_type, body = reader.read_pdu()
+            if pdu_type != A_ASSOCIATE_RQ:
+                raise _Abort(
+                    f"expected A-ASSOCIATE-RQ, received {PDU_NAMES[pdu_type]}", reason=ABORT_UNEXPECTED_PDU
+                )
+        else:
+            body = self.request_pdu
         try:
-            request, _ = acse.decode_request(bytes(body))
-        except Exception as exc:
-            raise _Abort(f"cannot decode A-ASSOCIATE-RQ: {exc}", reason=6) from None
+            request, violation = acse.decode_request(body)
+        except Exception as exc:  # ProtocolError; anything else would be a decoder bug, equally fatal
+            raise _Abort(f"cannot decode A-ASSOCIATE-RQ: {exc}", reason=ABORT_INVALID_PARAMETER) from None
         self.request = request
         self.peer = Peer(request.calling_ae, request.called_ae, self._peer_address())
         log.info(
@@ -228,7 +269,11 @@ class Association:
             request.called_ae,
             self._pid,
         )
-        rejection = self._rejection(request)
+        rejection = (
+            (violation.result, violation.source, violation.reason, violation.text)
+            if violation is not None
+            else self._rejection(request)
+        )
         if rejection is not None:
             result, source, reason, why = rejection
             log.info("Association Rejected (%s): %s", why, acse.rejection_reason_text(source, reason))
@@ -247,6 +292,10 @@ class Association:
         self._log_contexts(request, results)
         log.info("Association Acknowledged (max send PDV: %d)", self.peer_max_pdu)
         set_socket_timeout(self.sock, phase_timeout(options.dimse_timeout, options.socket_timeout))
+        # from now on: PDUs up to what we advertised; a PDU or message that trickles ends at its deadline
+        reader.max_pdu = options.max_pdu or MAX_RECEIVE_PDU
+        reader.deadline = 0.0
+        reader.pdu_timeout = self._message_limit
         return self._dimse_loop()
 
     def _peer_address(self) -> str:
@@ -371,6 +420,10 @@ class Association:
             if context not in accepted:
                 raise _Abort(f"P-DATA-TF on presentation context {context}, which was not accepted", reason=6)
             if control & 1:
+                if item_length > _MAX_COMMAND_ITEM:
+                    raise _Abort(
+                        f"command fragment longer than {MAX_COMMAND_SET} bytes", reason=ABORT_INVALID_PARAMETER
+                    )
                 self._command_fragment(context, control, fragment)
             else:
                 self._data_fragment(context, control, fragment)
@@ -378,11 +431,18 @@ class Association:
     def _command_fragment(self, context: int, control: int, fragment: memoryview) -> None:
         if self._store_rq is not None:
             raise _Abort("command fragment received while a data set was expected", reason=5)
+        # (a single fragment's length was checked against MAX_COMMAND_SET in _p_data)
         if not control & 2:
+            if not self._command and not self.reader.deadline and self._message_limit:
+                self.reader.deadline = time.monotonic() + self._message_limit  # the message started
             self._command += fragment
+            if len(self._command) > MAX_COMMAND_SET:
+                raise _Abort(f"command set longer than {MAX_COMMAND_SET} bytes", reason=ABORT_INVALID_PARAMETER)
             return
         if self._command:
             self._command += fragment
+            if len(self._command) > MAX_COMMAND_SET:
+                raise _Abort(f"command set longer than {MAX_COMMAND_SET} bytes", reason=ABORT_INVALID_PARAMETER)
             raw: bytes | memoryview = bytes(self._command)
             self._command.clear()
         else:
@@ -397,9 +457,10 @@ class Association:
         elif field == dimse.C_ECHO_RQ:
             if self._verbose:
                 log.info("Received Echo Request (MsgID %d)", command.message_id)
+            self.reader.deadline = 0.0
             self._send_command(context, dimse.c_echo_rsp(command.message_id, 0))
         else:
-            raise _Abort(f"cannot handle command 0x{field:04X}", reason=5)
+            raise _Abort(f"cannot handle command 0x{field:04X}", reason=ABORT_UNEXPECTED_PARAMETER)
 
     def _begin_store(self, context: int, command: dimse.Command) -> None:
         if not command.data_set_present:
@@ -410,6 +471,14 @@ class Association:
         self._store_rq = command
         self._store_context = context
         self._store_class = command.sop_class_uid or self.abstract[context]
+        if command.problem:  # nothing a response could name: receive the data set, store nothing
+            log.error(
+                "C-STORE-RQ (MsgID %d): %s: the data set is received and dropped",
+                command.message_id,
+                command.problem,
+            )
+            self._incoming = Refused(CANNOT_UNDERSTAND, f"invalid C-STORE-RQ: {command.problem}")
+            return
         if options.sleep_during:  # the temporary file is there (and written to) while we sleep
             self._incoming = self.store.begin(
                 self._store_class,
@@ -440,6 +509,12 @@ class Association:
             incoming = self._incoming = self.store.begin(
                 self._store_class, command.sop_instance_uid, self.accepted[context], self.peer.calling_ae
             )
+        # a data set in several fragments: its message has a deadline, which each fragment extends
+        reader = self.reader
+        if reader.deadline:
+            reader.deadline += len(fragment) * self._seconds_per_byte
+        elif self._message_limit:
+            reader.deadline = time.monotonic() + self._message_limit
         incoming.write(fragment)
         if options.sleep_during:
             time.sleep(options.sleep_during)
@@ -469,6 +544,7 @@ class Association:
             result = self.store.complete(self._incoming, self.peer)
             self._incoming = None
         self._store_rq = None
+        self.reader.deadline = 0.0
         status = result.status
         if status == 0 or status & 0xF000 == 0xB000:
             self.instances += 1

@@ -29,6 +29,11 @@ class _Truncated(Exception):
     pass
 
 
+#: Sequences nested deeper than this end the reading (as a truncated data set would): a peer's data set
+#: cannot make the reader recurse without bound.
+MAX_NESTING = 32
+
+
 def read_elements(
     data: bytes | bytearray | memoryview | mmap.mmap,
     explicit_vr: bool,
@@ -67,6 +72,7 @@ def _walk(
     stop: int,
     found: dict[int, bytes],
     in_item: bool,
+    depth: int = 0,
 ) -> int:
     header = (_EXPLICIT_HEADER if explicit else _IMPLICIT_HEADER)[order].unpack_from
     length32 = _LENGTH32[order].unpack_from
@@ -94,7 +100,7 @@ def _walk(
             # undefined length: a sequence (UN with undefined length is Implicit VR Little Endian inside)
             inner_explicit = explicit and vr != b"UN"
             inner_order = "<" if vr == b"UN" else order
-            pos = _skip_items(data, pos, end, inner_explicit, inner_order)
+            pos = _skip_items(data, pos, end, inner_explicit, inner_order, depth + 1)
             continue
         if pos + length > end:
             if not in_item and tag in want:
@@ -112,8 +118,15 @@ def _walk(
 
 
 def _skip_items(
-    data: bytes | bytearray | memoryview | mmap.mmap, pos: int, end: int, explicit: bool, order: str
+    data: bytes | bytearray | memoryview | mmap.mmap,
+    pos: int,
+    end: int,
+    explicit: bool,
+    order: str,
+    depth: int = 1,
 ) -> int:
+    if depth > MAX_NESTING:
+        raise _Truncated
     fmt = order + "HHL"
     while pos + 8 <= end:
         group, element, length = struct.unpack_from(fmt, data, pos)
@@ -123,7 +136,7 @@ def _skip_items(
         if element == 0xE0DD:  # sequence delimiter
             return pos
         if length == 0xFFFFFFFF:
-            pos = _walk(data, pos, end, explicit, order, frozenset(), 0, {}, True)
+            pos = _walk(data, pos, end, explicit, order, frozenset(), 0, {}, True, depth)
         else:
             pos += length
     raise _Truncated

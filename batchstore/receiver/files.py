@@ -192,6 +192,45 @@ class Incoming:
         self.fd = _GONE
 
 
+class Refused:
+    """The sink of a C-STORE refused before its data set arrived (a request whose UIDs no response can
+    carry): the data set is read and dropped, and `status` answers it."""
+
+    __slots__ = ("size", "status", "comment")
+
+    def __init__(self, status: int, comment: str) -> None:
+        self.size = 0
+        self.status = status
+        self.comment = comment
+
+    def write(self, fragment: bytes | memoryview) -> None:
+        self.size += len(fragment)
+
+    def flush(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+def fsync_directory(directory: str) -> None:
+    """Sync `directory` itself: the names linked or renamed into it survive a power cut (``--fsync``)."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: str) -> None:
+    """Sync the file at `path` (written by another writer, pydicom's re-encoder) to stable storage."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Discard:
     """The sink used with ``--ignore``: counts the bytes and keeps nothing."""
 

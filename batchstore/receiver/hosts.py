@@ -1,13 +1,21 @@
 """Host access control for ``+ac``: a small hosts_access(5) implementation (``/etc/hosts.allow`` and
 ``/etc/hosts.deny`` rules, as tcp wrappers read them).
+
+It fails closed (docs/design.md, "Hostile peers"): only a rules file that does not exist means "no
+rules"; one that cannot be read refuses to start, and an error while matching denies. A host name is
+trusted only when it is forward-confirmed (the name's own addresses include the peer's): otherwise the
+peer counts as ``UNKNOWN`` and matches ``PARANOID``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable
+
+log = logging.getLogger("batchstore.server")
 
 
 class HostAccess:
@@ -31,11 +39,21 @@ class HostAccess:
 
     @staticmethod
     def _parse(path: str) -> list[tuple[list[str], list[str]]]:
+        """The rules of `path`; none if it does not exist.
+
+        Raises
+        ------
+        ValueError
+            If it exists but cannot be read (permissions, a directory, an I/O error): a deny file that
+            cannot be read must not mean "allow everyone".
+        """
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:
                 text = fh.read()
-        except OSError:
+        except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise ValueError(f"+ac: cannot read {path}: {exc.strerror or exc}") from None
         rules = []
         for line in text.replace("\\\n", " ").splitlines():
             line = line.split("#", 1)[0].strip()
@@ -47,21 +65,28 @@ class HostAccess:
         return rules
 
     def allowed(self, ip: str) -> bool:
-        """True when the host at `ip` may connect."""
+        """True when the host at `ip` may connect (False, too, when matching fails)."""
+        try:
+            return self._allowed(ip)
+        except Exception as exc:  # fail closed
+            log.error("+ac: cannot match %s against the rules (%s): access denied", ip, exc)
+            return False
+
+    def _allowed(self, ip: str) -> bool:
         host: list[str | None] = []
+        paranoid: list[bool] = []
 
         def hostname() -> str | None:
             if not host:
-                name = None
-                if self.lookup:
-                    try:
-                        name = socket.gethostbyaddr(ip)[0].lower()
-                    except OSError:
-                        name = None
+                name, unconfirmed = self._confirmed_name(ip) if self.lookup else (None, False)
                 host.append(name)
+                paranoid.append(unconfirmed)
             return host[0]
 
         def client(pattern: str) -> bool:
+            if pattern == "PARANOID":
+                hostname()
+                return paranoid[0]
             return self._client_matches(pattern, ip, hostname)
 
         def daemon(pattern: str) -> bool:
@@ -72,6 +97,27 @@ class HostAccess:
                 if _list_matches(daemons, daemon) and _list_matches(clients, client):
                     return verdict
         return True
+
+    @staticmethod
+    def _confirmed_name(ip: str) -> tuple[str | None, bool]:
+        """The host name of `ip` if forward-confirmed, and whether a name was found but not confirmed."""
+        try:
+            name = socket.gethostbyaddr(ip)[0].lower()
+        except (OSError, UnicodeError):
+            return None, False
+        try:
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)}
+        except (OSError, UnicodeError):
+            addresses = set()
+        try:
+            wanted = ipaddress.ip_address(ip)
+            confirmed = any(ipaddress.ip_address(a.split("%", 1)[0]) == wanted for a in addresses)
+        except ValueError:
+            confirmed = False
+        if not confirmed:
+            log.warning("+ac: host name %s of %s is not forward-confirmed: treated as unknown", name, ip)
+            return None, True
+        return name, False
 
     @staticmethod
     def _client_matches(pattern: str, ip: str, hostname: Callable[[], str | None]) -> bool:

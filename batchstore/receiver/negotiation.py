@@ -151,6 +151,8 @@ class Negotiator:
     def decide(self, abstract: str, proposed: Iterable[str]) -> tuple[int, str]:
         """Return (result, transfer syntax) for one presentation context (PS3.8 Table 9-18 results)."""
         offered = set(proposed)
+        if not acse.valid_text(abstract, acse.MAX_UID_LENGTH):  # not a UID any response could name
+            return acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED, ""
         if self.profile is not None:
             wanted: tuple[str, ...] | None = self.profile.get(abstract)
             if wanted is None:

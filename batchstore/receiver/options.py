@@ -51,6 +51,9 @@ class StorageOptions:
         ``--ignore``: receive but do not store.
     uid_padding : bool
         ``-up``: tolerate space-padded UIDs in the data set when checking them against the request.
+    fsync : bool
+        ``--fsync``: sync each file and its directory to stable storage before the C-STORE-RSP, so that
+        an acknowledged object survives a power cut (docs/design.md, "Hostile peers").
     """
 
     output_dir: str = "."
@@ -69,6 +72,7 @@ class StorageOptions:
     extension: str = ""
     ignore: bool = False
     uid_padding: bool = False
+    fsync: bool = False
 
     @property
     def reencodes(self) -> bool:
@@ -84,6 +88,10 @@ class StorageOptions:
 
 
 MODES = ("single", "fork", "inetd")
+
+#: ``--fork`` without ``--max-associations``: at most this many association children at a time. Idle or
+#: slow connections never count (they wait in the server's pre-association stage, `receiver.gate`).
+DEFAULT_MAX_ASSOCIATIONS = 32
 
 
 @dataclass(frozen=True)
@@ -101,8 +109,9 @@ class ReceiveOptions:
     mode : str
         ``single`` (``--single-process``), ``fork`` (``--fork``) or ``inetd`` (``--inetd``: one association
         on the socket inherited as standard input).
-    max_associations : int
-        ``--fork``: at most this many associations at a time (0: no limit).
+    max_associations : int or None
+        ``--fork``: at most this many associations at a time (0: no limit; None: the default,
+        `DEFAULT_MAX_ASSOCIATIONS`).
     ae_title : str
         ``-aet``: our AE title, returned in the A-ASSOCIATE-AC (called AE titles are not checked).
     max_pdu : int
@@ -145,7 +154,7 @@ class ReceiveOptions:
     host: str = "0.0.0.0"
     port_file: str | None = None
     mode: str = "single"
-    max_associations: int = 0
+    max_associations: int | None = None
     ae_title: str = "STORESCP"
     max_pdu: int = 16384
     preferred: str = "uncompr"
@@ -170,6 +179,13 @@ class ReceiveOptions:
     events: EventOptions = field(default_factory=EventOptions)
 
 
+def association_limit(options: ReceiveOptions) -> int:
+    """How many association children ``--fork`` runs at a time (0: no limit)."""
+    if options.max_associations is None:
+        return DEFAULT_MAX_ASSOCIATIONS
+    return options.max_associations
+
+
 def validate(options: ReceiveOptions) -> None:
     """Check option combinations the way storescp does.
 
@@ -191,7 +207,7 @@ def validate(options: ReceiveOptions) -> None:
         raise ValueError(f"unknown transfer syntax preference {options.preferred!r}")
     if options.config_file and options.promiscuous:
         raise ValueError("--promiscuous cannot be used with --config-file")
-    if options.max_associations < 0:
+    if options.max_associations is not None and options.max_associations < 0:
         raise ValueError("--max-associations must be 0 (no limit) or more")
     if options.mode in ("fork", "inetd"):
         flag = "--fork" if options.mode == "fork" else "--inetd"

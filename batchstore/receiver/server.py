@@ -9,9 +9,11 @@
     serve(ReceiveOptions(port=11112, host="127.0.0.1", mode="fork",
                          storage=StorageOptions(output_dir="/data/in")))
 
-With ``--fork`` the parent only accepts and reaps: each association runs in a child of its own
-(`os.fork`), at most `ReceiveOptions.max_associations` at a time (the parent waits for one to finish
-before accepting more). A child that crashes or is killed never takes the parent down, and the parent
+Either way the server first takes each connection into a pre-association stage (`receiver.gate`): it
+reads the A-ASSOCIATE-RQ itself, without blocking, bounded in length and time, so a connection that sends
+nothing, or trickles, never holds an association slot nor, without ``--fork``, the server. With ``--fork``
+the parent only accepts, reads requests and reaps: each association runs in a child of its own
+(`os.fork`), at most `options.association_limit` at a time (complete requests wait for a free slot). A child that crashes or is killed never takes the parent down, and the parent
 deletes the temporary files such a child leaves. SIGTERM stops accepting and lets running associations
 finish (exit 0); SIGINT stops at once, killing the children (exit 130).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import selectors
 import signal
 import socket
 import stat
@@ -28,18 +31,24 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..net.sockets import phase_timeout
 from .association import Association, AssociationResult
 from .events import EventRunner
 from .files import remove_temp_files
+from .gate import MAX_INCOMPLETE, Gate
 from .hosts import HostAccess
 from .negotiation import PREFERRED_TRANSFER_SYNTAXES, Negotiator
-from .options import ReceiveOptions, validate
+from .options import ReceiveOptions, association_limit, validate
 from .store import Store
 
 log = logging.getLogger("batchstore.server")
 
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130
+
+# selector data of the listening socket and the wake-up pipe (a pending connection's is its `Pending`)
+_LISTENER = object()
+_WAKE = object()
 
 def make_negotiator(options: ReceiveOptions) -> Negotiator:
     """The presentation context policy of `options` (reads the ``-xf`` profile).
@@ -114,16 +123,26 @@ class Server:
         self._wake_r = -1
         self._wake_w = -1
         self._listener: socket.socket | None = None
+        self._listening = False
 
     # ---- one association
 
-    def handle(self, conn: socket.socket, address: tuple[str, int]) -> AssociationResult:
-        """Serve one accepted connection in this process."""
+    def handle(
+        self,
+        conn: socket.socket,
+        address: tuple[str, int],
+        request: bytes | None = None,
+        accepted: float = 0.0,
+    ) -> AssociationResult:
+        """Serve one accepted connection in this process (`request`: its A-ASSOCIATE-RQ body, when the
+        pre-association stage read it; `accepted`: when it was accepted, `time.monotonic`)."""
         if self.access is not None and not self.access.allowed(address[0]):
             log.warning("access denied to %s by host access control rules", address[0])
             conn.close()
             return AssociationResult("refused-access")
-        return Association(conn, address, self.options, self.negotiator, self.store, self.events).run()
+        return Association(
+            conn, address, self.options, self.negotiator, self.store, self.events, request, accepted
+        ).run()
 
     def serve_inetd(self) -> int:
         """``--inetd``: serve the one association on the socket that is standard input."""
@@ -235,54 +254,99 @@ class Server:
         except (BlockingIOError, OSError):
             pass
 
-    def _single_loop(self, listener: socket.socket) -> int:
-        tos = self.options.events.eostudy_timeout
-        while not self.stopping:
-            self.events.reap()
-            timeout = tos if tos and self.store.study is not None else None
-            if timeout is None and self.events.busy:
-                timeout = 1.0  # come back to collect background commands
-            ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [], timeout)
-            if not ready and (not tos or self.store.study is None):
-                continue
-            if not ready:
-                self.store.end_study()
-                continue
-            if self._wake_r in ready:
-                self._drain_wakeup()
-                continue
+    def _accept(self, listener: socket.socket, gate: Gate) -> None:
+        """Take the connections waiting in the backlog into the pre-association stage (a burst at most)."""
+        for _ in range(MAX_INCOMPLETE):
+            if gate.full():
+                return
             try:
                 conn, address = listener.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                continue
-            self.handle(conn, (str(address[0]), int(address[1])))
+                return
+            gate.admit(conn, (str(address[0]), int(address[1])))
+
+    def _poll(
+        self, selector: selectors.BaseSelector, listener: socket.socket, gate: Gate, timeout: float | None
+    ) -> None:
+        """Wait for connections, requests, signals or `timeout`; accept, read requests, expire deadlines."""
+        listening = self._listening
+        if gate.full() and listening:
+            selector.unregister(listener)
+            self._listening = False
+        elif not gate.full() and not listening:
+            selector.register(listener, selectors.EVENT_READ, _LISTENER)
+            self._listening = True
+        now = time.monotonic()
+        due = gate.next_timeout(now)
+        if due is not None:
+            timeout = due if timeout is None else min(timeout, due)
+        for key, _events in selector.select(timeout):
+            if key.data is _LISTENER:
+                self._accept(listener, gate)
+            elif key.data is _WAKE:
+                self._drain_wakeup()
+            else:
+                gate.read(key.data)
+        gate.expire(time.monotonic())
+
+    def _stage(self, listener: socket.socket) -> tuple[selectors.BaseSelector, Gate]:
+        listener.setblocking(False)
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ, _LISTENER)
+        selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._listening = True
+        options = self.options
+        return selector, Gate(selector, phase_timeout(options.acse_timeout, options.socket_timeout))
+
+    def _single_loop(self, listener: socket.socket) -> int:
+        tos = self.options.events.eostudy_timeout
+        selector, gate = self._stage(listener)
+        try:
+            while not self.stopping:
+                self.events.reap()
+                if gate.waiting:
+                    pending = gate.waiting.popleft()
+                    self.handle(pending.sock, pending.address, pending.request, pending.accepted)
+                    continue
+                timeout = tos if tos and self.store.study is not None else None
+                if timeout is None and self.events.busy:
+                    timeout = 1.0  # come back to collect background commands
+                started = time.monotonic()
+                self._poll(selector, listener, gate, timeout)
+                if (
+                    tos
+                    and self.store.study is not None
+                    and not gate.waiting
+                    and time.monotonic() - started >= tos
+                ):
+                    self.store.end_study()
+        finally:
+            gate.close()
+            selector.close()
         log.info("stopped (SIGTERM)")
         return EXIT_OK
 
     # ---- fork
 
     def _fork_loop(self, listener: socket.socket) -> int:
-        limit = self.options.max_associations
-        while not self.stopping and not self.interrupted:
-            self._reap()
-            if limit and len(self.children) >= limit:
-                select.select([self._wake_r], [], [], 1.0)
-                self._drain_wakeup()
-                continue
-            ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [], 1.0)
-            if self._wake_r in ready:
-                self._drain_wakeup()
-            if listener.fileno() not in ready or self.stopping or self.interrupted:
-                continue
-            try:
-                conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                continue
-            self._spawn(conn, (str(address[0]), int(address[1])))
+        limit = association_limit(self.options)
+        selector, gate = self._stage(listener)
+        try:
+            while not self.stopping and not self.interrupted:
+                self._reap()
+                while gate.waiting and (not limit or len(self.children) < limit):
+                    pending = gate.waiting.popleft()
+                    self._spawn(pending.sock, pending.address, pending.request, pending.accepted)
+                self._poll(selector, listener, gate, 1.0)
+        finally:
+            gate.close()
+            selector.close()
         listener.close()
         return self._shutdown_children()
 
-    def _spawn(self, conn: socket.socket, address: tuple[str, int]) -> None:
+    def _spawn(
+        self, conn: socket.socket, address: tuple[str, int], request: bytes | None = None, accepted: float = 0.0
+    ) -> None:
         for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
             handler.flush()
         try:
@@ -292,12 +356,14 @@ class Server:
             conn.close()
             return
         if pid == 0:
-            self._child(conn, address)  # never returns
+            self._child(conn, address, request, accepted)  # never returns
         conn.close()
         self.children[pid] = (address[0], time.monotonic())
         log.debug("forked child %d for %s:%d (%d running)", pid, address[0], address[1], len(self.children))
 
-    def _child(self, conn: socket.socket, address: tuple[str, int]) -> None:
+    def _child(
+        self, conn: socket.socket, address: tuple[str, int], request: bytes | None, accepted: float
+    ) -> None:
         code = 1
         try:
             if self._listener is not None:
@@ -308,7 +374,7 @@ class Server:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self.store.after_fork()
-            self.handle(conn, address)
+            self.handle(conn, address, request, accepted)
             code = 0
         except BaseException:  # noqa: BLE001 - a child must end in os._exit whatever happens
             log.exception("association child %d failed", os.getpid())
@@ -323,7 +389,7 @@ class Server:
     def _reap(self) -> None:
         while self.children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
                 return
@@ -347,7 +413,8 @@ class Server:
                     len(removed),
                 )
             else:
-                log.debug("association child %d finished", pid)
+                # the child's peak memory, as the kernel counted it: what tests bound, without sampling
+                log.debug("association child %d finished (peak RSS %d KiB)", pid, usage.ru_maxrss)
 
     def _shutdown_children(self) -> int:
         killed = False

@@ -18,6 +18,7 @@ Where unnamed files are not available (file system, no ``/proc``) named temporar
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import mmap
@@ -57,11 +58,14 @@ from .files import (
     TEMP_SUFFIX,
     Discard,
     Incoming,
+    Refused,
     _unlink_quietly,
     _write_all,
+    fsync_directory,
+    fsync_path,
     temp_name,
 )
-from .naming import _UID_CHARACTERS, _UNUSUAL_IN_NAME, _timestamp, ascii_name, sanitize_name
+from .naming import _UID_CHARACTERS, _UNUSUAL_IN_NAME, _timestamp, ascii_name, sanitize_name, shorten
 from .options import StorageOptions
 
 log = logging.getLogger("batchstore.storage")
@@ -85,6 +89,25 @@ class StoredFile(NamedTuple):
     status: int
     path: str | None = None
     comment: str = ""
+
+
+#: errno values of a write that may succeed later (the disk fills, descriptors run out, the output
+#: directory is being fixed): answered 0xA700, which senders retry. Any other error cannot succeed
+#: however often it is retried and is answered 0xC000 (docs/design.md, "Hostile peers").
+_TRANSIENT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOSPC", "EDQUOT", "EMFILE", "ENFILE", "ENOMEM", "EAGAIN", "EINTR", "EIO", "EBUSY",
+        "ENOENT", "EACCES", "EPERM", "EROFS", "ESTALE", "ETIMEDOUT",
+    )
+    if hasattr(errno, name)
+)
+
+#: The error comment of a data set refused by the check against its C-STORE-RQ.
+_CHECK_COMMENTS = {
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS: "data set does not match the request",
+    CANNOT_UNDERSTAND: "no SOP Class/Instance UID in the data set",
+}
 
 
 class StorageError(Exception):
@@ -155,6 +178,7 @@ class Store:
         self._extension = _UNUSUAL_IN_NAME.sub("_", options.extension)
         self._unique = options.filenames == "unique"
         self._time_names = options.filenames == "time"
+        self._fsync = options.fsync
 
     def after_fork(self) -> None:
         """Call in a forked child: temporary names carry the child's pid, and /proc/self is the child's."""
@@ -189,7 +213,7 @@ class Store:
             header = file_meta_parts(sop_class, sop_instance, transfer_syntax, source_ae)
         return Incoming(self._temp_path, header, sop_class, sop_instance, transfer_syntax, eager)
 
-    def complete(self, incoming: Incoming | Discard, peer: Peer | None = None) -> StoredFile:
+    def complete(self, incoming: Incoming | Discard | Refused, peer: Peer | None = None) -> StoredFile:
         """Finish a data set whose last fragment arrived: check it, name it, move it into place.
 
         Returns
@@ -200,6 +224,8 @@ class Store:
         """
         if isinstance(incoming, Discard):
             return StoredFile(SUCCESS)
+        if isinstance(incoming, Refused):
+            return StoredFile(incoming.status, None, incoming.comment)
         try:
             if incoming.fd == _NOT_CREATED and self._direct:  # still all in memory
                 parts = incoming.parts
@@ -257,7 +283,8 @@ class Store:
             return StoredFile(exc.status, None, str(exc))
         if isinstance(exc, OSError):
             log.error("cannot write DICOM file for %s: %s", sop_instance, exc)
-            return StoredFile(OUT_OF_RESOURCES, None, exc.strerror or str(exc))
+            status = OUT_OF_RESOURCES if exc.errno in _TRANSIENT_ERRNOS else CANNOT_UNDERSTAND
+            return StoredFile(status, None, exc.strerror or str(exc))
         # a data set pydicom cannot re-encode, for instance
         log.error("cannot store SOP instance %s: %s: %s", sop_instance, type(exc).__name__, exc)
         return StoredFile(CANNOT_UNDERSTAND, None, f"{type(exc).__name__}: {exc}")
@@ -296,9 +323,14 @@ class Store:
                 dataset.release()
             if mapped is not None:
                 mapped.close()
+        if status != SUCCESS:  # answered with a failure: nothing under a final name
+            inc.discard()
+            return StoredFile(status, None, _CHECK_COMMENTS.get(status, "cannot store the data set"))
         # 2. where it goes
         directory = self._study_directory(values, peer) if self.track_studies else self.root
         final = f"{directory}/{self._file_name(inc.sop_class, inc.sop_instance, directory)}"
+        if self._fsync:
+            fsync_path(inc.tmp)
         if self._time_names:
             final = self._link_exclusive(inc.tmp, final, inc.sop_class, directory)
             os.unlink(inc.tmp)
@@ -310,6 +342,8 @@ class Store:
                 pass
             os.replace(inc.tmp, final)
         inc.fd = _GONE
+        if self._fsync:
+            fsync_directory(directory)
         return self._stored(inc.sop_class, status, values, final)
 
     def _store_whole(
@@ -329,12 +363,16 @@ class Store:
             status, values = self._check(
                 sop_class, sop_instance, transfer_syntax, dataset, *_encoding_of(transfer_syntax)
             )
+        if status:  # answered with a failure: nothing under a final name
+            return StoredFile(status, None, _CHECK_COMMENTS.get(status, "cannot store the data set"))
         directory = self._study_directory(values, peer) if self.track_studies else self.root
         final = f"{directory}/{self._file_name(sop_class, sop_instance, directory)}"
         parts = [*header, dataset]
         placed = self._write_unnamed(directory, final, parts, sop_class) if self._tmpfile else None
         if placed is None:
             placed = self._write_named(final, parts, sop_class, directory)
+        if self._fsync:
+            fsync_directory(directory)
         return self._stored(sop_class, status, values, placed)
 
     def _link_exclusive(
@@ -358,6 +396,8 @@ class Store:
         try:
             try:
                 _write_all(fd, parts)
+                if self._fsync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             if self._time_names:
@@ -395,6 +435,8 @@ class Store:
             return None
         try:
             _write_all(fd, parts)
+            if self._fsync:
+                os.fsync(fd)
             name = str(fd)
             try:
                 os.link(name, final, src_dir_fd=self._proc_fd)  # linkat(AT_SYMLINK_FOLLOW)
@@ -521,7 +563,7 @@ class Store:
         if not (self._unique or self._time_names):
             if not sop_instance.strip(_UID_CHARACTERS):  # digits and dots: nothing to sanitise
                 return f"{prefix}.{sop_instance}{self._extension}"
-            return sanitize_name(f"{prefix}.{sop_instance}{options.extension}")
+            return sanitize_name(f"{prefix}.{sop_instance}") + self._extension
         if self._unique:
             return f"{prefix}.X.2.25.{uuid.uuid4().int}{options.extension}"
         day, clock = _timestamp(time.time())
@@ -559,11 +601,13 @@ class Store:
                 if options.sort == "conc":
                     first = options.sort_prefix
                 else:
-                    first = ascii_name(values.get(TAG_PATIENT_NAME, "")) or "ANONYMOUS"
+                    first = shorten(ascii_name(values.get(TAG_PATIENT_NAME, "")), 64) or "ANONYMOUS"
                 sub = sanitize_name(f"{first}_{day}_{clock}" if first else f"{day}_{clock}")
             directory = os.path.join(self.root, sub)
             if directory not in self._made:
                 os.makedirs(directory, exist_ok=True)
+                if self._fsync:
+                    fsync_directory(self.root)
                 self._made.add(directory)
         self.study = Study(study_uid, directory, peer)
         return directory
