@@ -33,6 +33,7 @@ from .sender.scu import AssociationOptions
 from .sender.worker import WorkerConfig
 
 if TYPE_CHECKING:
+    from .net.tls import TLSOptions
     from .sender.journal import Journal
 
 log = logging.getLogger("batchstore")
@@ -59,6 +60,7 @@ class SendOptions:
     acse_timeout: float | None = 30.0
     dimse_timeout: float | None = None
     user_identity: UserIdentity | None = None
+    tls: TLSOptions | None = None  # +tls / +tla (batchstore.net.tls)
     edits: EditOptions = field(default_factory=EditOptions)
     halt_on_failure: bool = True
     abort_at_end: bool = False
@@ -219,6 +221,7 @@ def _send(
             acse_timeout=options.acse_timeout,
             dimse_timeout=options.dimse_timeout,
             user_identity=options.user_identity,
+            tls=options.tls,
         ),
         context_groups=plan.context_groups,
         edits=edits,

@@ -237,7 +237,7 @@ def test_peer_down_is_nothing_sent_and_retryable(small_corpus: tuple[Path, dict]
 def test_usage_errors(tmp_path: Path) -> None:
     assert run_send("127.0.0.1", "104").returncode == EXIT_USAGE
     tls = run_send("+tls", "key.pem", "cert.pem", "127.0.0.1", "104", str(tmp_path))
-    assert tls.returncode == EXIT_USAGE and "TLS is not supported yet" in tls.stderr
+    assert tls.returncode == EXIT_USAGE and "cannot read certificate cert.pem" in tls.stderr
     assert run_send("-pdu", "100", "127.0.0.1", "104", str(tmp_path)).returncode == EXIT_USAGE
     empty = run_send("+sd", "127.0.0.1", "104", str(tmp_path))
     assert empty.returncode == EXIT_NO_INPUT

@@ -1,8 +1,8 @@
 """``batchstore receive``: storescp's command line (every option of its man page) over `server.serve`.
 
 Mutually exclusive DCMTK options (``+xe``/``+xb``, ``+F``/``-F``, ``-ss``/``-su``/``-sp`` …) follow DCMTK's
-rule: the rightmost one given wins. Combinations storescp refuses are usage errors (exit code 2), as are
-the TLS options, which batchstore does not support yet.
+rule: the rightmost one given wins. Combinations storescp refuses are usage errors (exit code 2), as is a
+TLS setting that cannot be used (an unreadable key, a wrong password...).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .. import __version__
 from ..receiver.events import EventOptions
 from ..receiver.options import DEFAULT_MAX_ASSOCIATIONS, ReceiveOptions, StorageOptions, validate
 from ..receiver.server import serve
-from .common import logging_options, setup_logging, tls_options
+from .common import logging_options, setup_logging, tls_options, tls_settings
 
 log = logging.getLogger("batchstore")
 
@@ -390,6 +390,7 @@ def build_options(ctx: click.Context, port: int | None, kw: dict[str, Any]) -> R
         exec_sync=kw["exec_sync"],
     )
     return ReceiveOptions(
+        tls=tls_settings(kw, server=True),
         port=port or 0,
         host=kw["host"],
         port_file=kw["port_file"],

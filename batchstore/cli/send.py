@@ -19,7 +19,7 @@ from ..net.acse import UserIdentity
 from ..sender.journal import JournalError
 from ..sender.plan import PlanOptions
 from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED
-from .common import input_options, logging_options, setup_logging, tls_options
+from .common import input_options, logging_options, setup_logging, tls_options, tls_settings
 from .progress import Progress
 
 log = logging.getLogger("batchstore")
@@ -210,6 +210,7 @@ def command(ctx: click.Context, **kw: Any) -> None:
         raise click.UsageError("-epw/--empty-password needs -usr/--user")
 
     identity = _user_identity(kw)
+    tls = tls_settings(kw, server=False)
     profile = None
     if kw["config_file"]:
         from ..net.asconfig import ConfigError, load_profile
@@ -256,6 +257,7 @@ def command(ctx: click.Context, **kw: Any) -> None:
         acse_timeout=float(kw["acse_timeout"]),
         dimse_timeout=kw["dimse_timeout"],
         user_identity=identity,
+        tls=tls,
         edits=edits,
         halt_on_failure=not kw["no_halt"],
         abort_at_end=bool(kw["abort"]),

@@ -73,8 +73,13 @@ def set_socket_timeout(sock: socket.socket, seconds: float | None) -> None:
     Kernel-side timeouts keep one system call per receive and per send, where Python's
     `socket.settimeout` adds a ``poll`` before each of them: two of the ~8 system calls of a 1 KB
     C-STORE. An expired timeout surfaces as `TimeoutError` from `PDUReader` and `PDUStream`.
-    Where the platform refuses the options, Python's own timeout is used instead.
+    Where the platform refuses the options, Python's own timeout is used instead, and so it is on a TLS
+    socket, where OpenSSL would report an expired kernel timeout as a want-read error.
     """
+    ssl = sys.modules.get("ssl")  # loaded only when TLS is used
+    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(seconds if seconds else None)
+        return
     sock.settimeout(None)
     whole = int(seconds or 0)
     value = struct.pack("ll", whole, int(((seconds or 0) - whole) * 1e6))

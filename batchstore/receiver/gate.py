@@ -8,6 +8,10 @@ child, or the single process's turn), so idle or slow connects never take one of
 ``--max-associations`` slots. The stage itself is bounded: beyond `MAX_INCOMPLETE` connections the
 oldest incomplete one is dropped, and while `MAX_WAITING` complete requests wait for a free slot the
 server accepts nothing more (further connections wait in the kernel's listen backlog).
+
+With ``+tls`` the TLS handshake happens here too, without blocking and within the same deadline: a
+client that connects and never speaks TLS holds no slot, and a failed handshake is logged and closed
+without ever reaching the DICOM layer.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import socket
 import struct
 import time
 from collections import deque
+from typing import Any
 
 from ..net.pdu import A_ABORT, A_ASSOCIATE_RQ, ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU, PDU_NAMES
 
@@ -37,7 +42,7 @@ _HEADER = struct.Struct(">BxL")
 class Pending:
     """One accepted connection in the pre-association stage."""
 
-    __slots__ = ("sock", "address", "accepted", "deadline", "data", "need")
+    __slots__ = ("sock", "address", "accepted", "deadline", "data", "need", "handshaking")
 
     def __init__(self, sock: socket.socket, address: tuple[str, int], accepted: float, timeout: float) -> None:
         self.sock = sock
@@ -46,6 +51,7 @@ class Pending:
         self.deadline = accepted + timeout if timeout else 0.0
         self.data = bytearray()  # the PDU header, then the body as it arrives
         self.need = 6
+        self.handshaking = False  # +tls: the TLS handshake is not complete yet
 
     @property
     def request(self) -> bytes:
@@ -62,10 +68,13 @@ class Gate:
         The server's selector: incomplete connections are registered with themselves as data.
     timeout : float or None
         Seconds from accept to a complete A-ASSOCIATE-RQ (``-ta``); None or 0: no bound but eviction.
+    tls_context : ssl.SSLContext, optional
+        ``+tls``: every connection is wrapped and its handshake done here first.
     """
 
-    def __init__(self, selector: selectors.BaseSelector, timeout: float | None) -> None:
+    def __init__(self, selector: selectors.BaseSelector, timeout: float | None, tls_context: Any = None) -> None:
         self.selector = selector
+        self.tls_context = tls_context
         self.timeout = timeout or 0.0
         self.incomplete: dict[int, Pending] = {}  # by file descriptor, oldest first
         self.waiting: deque[Pending] = deque()
@@ -85,13 +94,20 @@ class Gate:
             )
             self._drop(oldest, abort=False)
         sock.setblocking(False)
+        handshaking = False
+        if self.tls_context is not None:
+            sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            handshaking = True
         pending = Pending(sock, address, time.monotonic(), self.timeout)
+        pending.handshaking = handshaking
         self.incomplete[sock.fileno()] = pending
         self.selector.register(sock, selectors.EVENT_READ, pending)
 
     def read(self, pending: Pending) -> bool:
         """Read what `pending` sent; True once its A-ASSOCIATE-RQ is complete (it is then in `waiting`)."""
         data = pending.data
+        if pending.handshaking and not self._handshake(pending):
+            return False
         try:
             while len(data) < pending.need:
                 chunk = pending.sock.recv(min(pending.need - len(data), 65536))
@@ -123,11 +139,29 @@ class Gate:
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
+            if _want_io(exc):  # TLS: no whole record yet
+                return False
             log.info("connection from %s lost before an A-ASSOCIATE-RQ: %s", pending.address[0], exc)
             self._drop(pending, abort=False)
             return False
         self._leave(pending)
         self.waiting.append(pending)
+        return True
+
+    def _handshake(self, pending: Pending) -> bool:
+        """Advance the TLS handshake; True once it is complete. A failure is logged and the connection
+        closed: nothing of it reaches the DICOM layer."""
+        try:
+            pending.sock.do_handshake()  # type: ignore[attr-defined]
+        except OSError as exc:
+            if _want_io(exc):
+                return False
+            from ..net.tls import describe_handshake_error
+
+            log.error("connection from %s: %s", pending.address[0], describe_handshake_error(exc))
+            self._drop(pending, abort=False)
+            return False
+        pending.handshaking = False
         return True
 
     def expire(self, now: float) -> None:
@@ -136,7 +170,10 @@ class Gate:
             # what arrived meanwhile first (the server may have been busy with an association)
             if self.read(pending):
                 continue
-            if pending.sock.fileno() in self.incomplete:
+            if pending.sock.fileno() in self.incomplete and pending.handshaking:
+                log.error("no TLS handshake from %s within %g s: closing", pending.address[0], self.timeout)
+                self._drop(pending, abort=False)
+            elif pending.sock.fileno() in self.incomplete:
                 log.error(
                     "no complete A-ASSOCIATE-RQ from %s within %g s: aborting",
                     pending.address[0],
@@ -171,6 +208,11 @@ class Gate:
             except OSError:
                 pass
         _close(pending.sock)
+
+
+def _want_io(exc: OSError) -> bool:
+    """True for OpenSSL's "call again when the socket is ready" (a non-blocking TLS socket)."""
+    return type(exc).__name__ in ("SSLWantReadError", "SSLWantWriteError")
 
 
 def _close(sock: socket.socket) -> None:

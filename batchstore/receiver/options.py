@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .events import EventOptions
 from .negotiation import PREFERRED_TRANSFER_SYNTAXES
+
+if TYPE_CHECKING:
+    from ..net.tls import TLSOptions
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ class ReceiveOptions:
     abort_after: bool = False
     abort_during: bool = False
     verbose_pc: bool = False
+    tls: TLSOptions | None = None  # +tls: every association over TLS (batchstore.net.tls)
     storage: StorageOptions = field(default_factory=StorageOptions)
     events: EventOptions = field(default_factory=EventOptions)
 

@@ -116,6 +116,11 @@ class Server:
             else None
         )
         self.root = self.store.root
+        self.tls_context = None  # +tls: built once, before any fork (files and password checked once)
+        if options.tls is not None:
+            from ..net.tls import server_context
+
+            self.tls_context = server_context(options.tls)
         self.children: dict[int, tuple[str, float]] = {}
         self.stopping = False
         self.interrupted = False
@@ -160,6 +165,16 @@ class Server:
             address = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("localhost", 0)
         except OSError:
             address = ("unknown", 0)
+        if self.tls_context is not None:
+            from ..net.tls import describe_handshake_error
+
+            sock.settimeout(phase_timeout(self.options.acse_timeout, self.options.socket_timeout))
+            try:
+                sock = self.tls_context.wrap_socket(sock, server_side=True)
+            except OSError as exc:  # ssl.SSLError is an OSError; nothing reaches the DICOM layer
+                log.error("connection from %s: %s", address[0], describe_handshake_error(exc))
+                sock.close()
+                return EXIT_OK
         self.handle(sock, address)
         return EXIT_OK
 
@@ -296,7 +311,9 @@ class Server:
         selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._listening = True
         options = self.options
-        return selector, Gate(selector, phase_timeout(options.acse_timeout, options.socket_timeout))
+        return selector, Gate(
+            selector, phase_timeout(options.acse_timeout, options.socket_timeout), self.tls_context
+        )
 
     def _single_loop(self, listener: socket.socket) -> int:
         tos = self.options.events.eostudy_timeout

@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..dicom.uids import sop_class_name, ts_name
 from ..net import acse, dimse
@@ -22,6 +23,9 @@ from ..net.errors import NetError, ProtocolError
 from ..net.pdu import P_DATA_TF, PDV_HEADER, PDUStream, iter_pdvs, pdata_fragment_parts, pdata_parts
 from ..net.sockets import connect, phase_timeout
 from .engine import StoreResponse
+
+if TYPE_CHECKING:
+    from ..net.tls import TLSOptions
 
 _U32 = struct.Struct(">L")
 
@@ -58,6 +62,7 @@ class AssociationOptions:
     acse_timeout: float | None = 30.0  # -ta
     dimse_timeout: float | None = None  # -td
     user_identity: acse.UserIdentity | None = None
+    tls: TLSOptions | None = None  # +tls / +tla: every association over TLS
 
 
 class NoAcceptableContext(Exception):
@@ -109,7 +114,7 @@ class StoreSCU:
         if self._debug:
             self._log_request()
         sock = connect(opts.host, opts.port, opts.connect_timeout, opts.family)
-        stream = PDUStream(sock)
+        stream = PDUStream(sock) if opts.tls is None else _tls_stream(sock, opts)
         self.stream = stream
         try:
             stream.settimeout(phase_timeout(opts.acse_timeout, opts.socket_timeout))
@@ -352,3 +357,19 @@ class StoreSCU:
         if self._debug:
             self._log_store_rsp(cmd)
         return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
+
+
+#: One TLS context per set of options in a process (a worker opens many associations with the same one).
+_TLS_CONTEXTS: dict[TLSOptions, Any] = {}
+
+
+def _tls_stream(sock: socket.socket, opts: AssociationOptions) -> PDUStream:
+    """The TLS handshake on a connected socket (bounded by -ta and -ts), and the stream over it."""
+    from ..net import tls  # ssl only when TLS is asked for
+
+    assert opts.tls is not None
+    ctx = _TLS_CONTEXTS.get(opts.tls)
+    if ctx is None:
+        ctx = _TLS_CONTEXTS[opts.tls] = tls.client_context(opts.tls)
+    sock.settimeout(phase_timeout(opts.acse_timeout, opts.socket_timeout))
+    return tls.TLSPDUStream(tls.wrap_client(sock, ctx, opts.tls))

@@ -206,6 +206,7 @@ class PynetdicomSCU:
             max_pdu=opts.max_pdu,
             ext_neg=ext_neg,  # type: ignore[arg-type]
             evt_handlers=[(evt.EVT_PDU_RECV, self._on_pdu_recv)],
+            tls_args=_tls_args(opts),  # type: ignore[arg-type]
         )
         if not assoc.is_established:
             answer = assoc.acceptor.primitive
@@ -451,3 +452,16 @@ class PynetdicomSCU:
         request = self._store_request(sop_class_uid, sop_instance_uid)
         request._dataset_path = (Path(path), data_offset)
         return self._store(request, context_id)
+
+
+def _tls_args(opts: AssociationOptions) -> tuple[Any, str | None] | None:
+    """pynetdicom's ``tls_args`` for ``+tls``/``+tla``: the same context the lean engine uses."""
+    if opts.tls is None:
+        return None
+    from ..net import tls
+    from .scu import _TLS_CONTEXTS
+
+    ctx = _TLS_CONTEXTS.get(opts.tls)
+    if ctx is None:
+        ctx = _TLS_CONTEXTS[opts.tls] = tls.client_context(opts.tls)
+    return ctx, opts.tls.request_sni
