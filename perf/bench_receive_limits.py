@@ -281,40 +281,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(RESULTS / "receive_limits.json"))
     args, _unknown = parser.parse_known_args(argv)
     files, repeat, soak_files, per_association = args.files, args.repeat, args.soak_files, args.per_association
-    if args.quick:
-        files, repeat, soak_files, per_association = 200, 1, 250, 2
-    result: dict = {"quick": args.quick}
-    summary = []
     with work_dir(args.work) as work:
-        if args.only in (None, "fsync"):
-            fsync = result["fsync"] = run_fsync(work, files, repeat, args.disk_dir)
-            for row in fsync["results"]:
-                summary.append(
-                    summary_row(
-                        f"receive --fsync, {files} x 1 KB, output on {row['place']} ({row['filesystem']})",
-                        files=files,
-                        batchstore_s=row["seconds_with_fsync"],
-                        result=f"{row['ratio']}x of without ({row['cost_per_file_us']:.0f} us/file)",
-                        target="informational",
-                        met=None,
-                    )
-                )
-        if args.only in (None, "soak"):
-            soak = result["soak"] = run_soak(work, soak_files, per_association)
-            summary.append(
-                summary_row(
-                    f"receive soak {SOAK_SENDERS} x {soak_files} files, {soak['associations']} associations",
-                    files=soak["stored"],
-                    batchstore_s=soak["seconds"],
-                    result=f"parent RSS +{soak['growth_kib']} KiB",
-                    target="flat (< 2 MiB)",
-                    met=soak["flat"],
-                )
-            )
-    output = write_json(Path(args.output), {**result, "summary": summary})
+        result = run(work, args.quick, args.only, files, repeat, soak_files, per_association, args.disk_dir)
+    output = write_json(Path(args.output), result)
     print(f"wrote {output}")
     ok = result.get("soak", {}).get("flat", True)
     return 0 if ok else 1
+
+
+def run(
+    work: Path,
+    quick: bool = False,
+    only: str | None = None,
+    files: int = 1000,
+    repeat: int = 3,
+    soak_files: int = 2000,
+    per_association: int = 4,
+    disk_dir: str = "/var/tmp",
+) -> dict:
+    """Both parts (or `only` one) in `work`; the dict ``make perf`` (perf/run_all.py) collects."""
+    if quick:
+        files, repeat, soak_files, per_association = 200, 1, 250, 2
+    result: dict = {"quick": quick}
+    summary = []
+    if only in (None, "fsync"):
+        fsync = result["fsync"] = run_fsync(work, files, repeat, disk_dir)
+        for row in fsync["results"]:
+            summary.append(
+                summary_row(
+                    f"receive --fsync, {files} x 1 KB, output on {row['place']} ({row['filesystem']})",
+                    files=files,
+                    batchstore_s=row["seconds_with_fsync"],
+                    result=f"{row['ratio']}x of without ({row['cost_per_file_us']:.0f} us/file)",
+                    target="informational",
+                    met=None,
+                )
+            )
+    if only in (None, "soak"):
+        soak = result["soak"] = run_soak(work, soak_files, per_association)
+        summary.append(
+            summary_row(
+                f"receive soak {SOAK_SENDERS} x {soak_files} files, {soak['associations']} associations",
+                files=soak["stored"],
+                batchstore_s=soak["seconds"],
+                result=f"parent RSS +{soak['growth_kib']} KiB",
+                target="flat (< 2 MiB)",
+                met=soak["flat"],
+            )
+        )
+    return {**result, "summary": summary}
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def _tree_cpu(proc: psutil.Process) -> float:
     return total
 
 
-def run(work: Path, quick: bool, repeat: int) -> dict[str, Any]:
+def run(work: Path, quick: bool = False, repeat: int = 3) -> dict[str, Any]:
     pki = make_pki(work / "pki")
     repeat = 1 if quick else repeat
     rows: list[list[str]] = []

@@ -39,9 +39,11 @@ import bench_journal
 import bench_memory
 import bench_parser
 import bench_receive
+import bench_receive_limits
 import bench_scaling
 import bench_scan
 import bench_send
+import bench_tls
 import psutil
 from common import RESULTS, ROOT, print_summary, summary_row, work_dir, write_json
 
@@ -50,10 +52,12 @@ BENCHMARKS = {
     "journal": bench_journal.run,
     "engines": bench_engines.run,  # report only
     "receive": bench_receive.run,
+    "receive_limits": bench_receive_limits.run,  # --fsync cost (report only), soak (flat RSS)
     "scaling": bench_scaling.run,
     "scan": bench_scan.run,
     "parser": bench_parser.run,  # report only
     "memory": bench_memory.run,
+    "tls": bench_tls.run,
 }
 
 
