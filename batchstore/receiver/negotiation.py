@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..dicom.uids import (
+    DCMTK_MODALITY_PREFIXES,
     DEFLATED_EXPLICIT_VR_LE,
     ENCAPSULATED_UNCOMPRESSED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
@@ -116,8 +117,10 @@ PREFERRED_TRANSFER_SYNTAXES: dict[str, tuple[str, ...]] = {
 
 
 def storage_sop_classes() -> frozenset[str]:
-    """Every storage SOP class UID batchstore knows (`uids.STORAGE_SOP_CLASSES`)."""
-    return frozenset(STORAGE_SOP_CLASSES)
+    """Every storage SOP class storescp accepts: pynetdicom's current ones (`uids.STORAGE_SOP_CLASSES`) and
+    the retired ones DCMTK still knows (US Image Storage (Retired), NM Image Storage (Retired)...), whose
+    UIDs are the keys of `uids.DCMTK_MODALITY_PREFIXES`."""
+    return frozenset(STORAGE_SOP_CLASSES) | frozenset(DCMTK_MODALITY_PREFIXES)
 
 
 class Negotiator:
