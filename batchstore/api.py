@@ -27,7 +27,7 @@ from .net.acse import UserIdentity
 from .sender import outcomes as st
 from .sender.coordinator import Coordinator
 from .sender.plan import Plan, PlanOptions, make_plan
-from .sender.report import Outcome, Report
+from .sender.report import SKIPPED, Outcome, Report
 from .sender.scan import scan
 from .sender.scu import AssociationOptions
 from .sender.worker import WorkerConfig
@@ -67,9 +67,12 @@ class SendOptions:
     repeat: int = 1
     retries: int = 3
     retry_wait: float = 1.0
+    retry_budget: float = 120.0  # --retry-budget: seconds a file may cost before its retries stop
     rename: bool = False  # +rn: append .done / .bad
     journal: str | None = None  # --journal: SQLite file; a rerun sends only what is not done
+    journal_new_destination: bool = False  # the journal records another destination: start a fresh record
     engine: str = "batchstore"  # --engine: "batchstore" (lean synchronous loop) or "pynetdicom"
+    read_dicomdir: bool = False  # +rd: send the files a DICOMDIR references (a DICOMDIR itself is skipped)
 
 
 def default_workers() -> int:
@@ -100,6 +103,8 @@ def plan_run(
         pattern=options.pattern,
         read_mode=options.read_mode,
     )
+    if options.read_dicomdir:
+        instances, failures = _with_dicomdir_files(instances, failures, options)
     if select is not None:
         instances = select(instances, failures)
     workers = options.workers or default_workers()
@@ -108,6 +113,34 @@ def plan_run(
     if plan_options.batch_size != size:
         plan_options = replace(plan_options, batch_size=size)
     return make_plan(instances, plan_options), instances, failures
+
+
+def _with_dicomdir_files(
+    instances: list[Instance], failures: list[ScanFailure], options: SendOptions
+) -> tuple[list[Instance], list[ScanFailure]]:
+    """dcmsend ``+rd``: add the files each scanned DICOMDIR references (scanned like any input)."""
+    from .dicom.dicomdir import referenced_files
+    from .dicom.uids import MEDIA_STORAGE_DIRECTORY
+
+    seen = {os.path.abspath(i.path) for i in instances}
+    extra: list[str] = []
+    for inst in instances:
+        if inst.sop_class_uid != MEDIA_STORAGE_DIRECTORY:
+            continue
+        try:
+            paths = referenced_files(inst.path)
+        except ValueError as exc:
+            failures.append(ScanFailure(inst.path, str(exc)))
+            continue
+        for path in paths:
+            if os.path.abspath(path) not in seen:
+                seen.add(os.path.abspath(path))
+                extra.append(path)
+    if extra:
+        more, more_failures = scan(extra, read_mode=options.read_mode)
+        instances = instances + more
+        failures = failures + more_failures
+    return instances, failures
 
 
 def _failure_outcome(failure: ScanFailure) -> Outcome:
@@ -121,6 +154,7 @@ def send(
     options: SendOptions | None = None,
     on_outcomes: Callable[[list[Outcome]], None] | None = None,
     on_plan: Callable[[Plan, list[ScanFailure]], None] | None = None,
+    on_wait: Callable[[float | None], None] | None = None,
     **overrides: object,
 ) -> Report:
     """Send every DICOM file under `paths` to the Storage SCP at `host`:`port`.
@@ -137,6 +171,9 @@ def send(
         Called with each chunk of per-file outcomes as workers report them.
     on_plan : callable, optional
         Called once with the plan and the scan failures, before any association.
+    on_wait : callable, optional
+        Called about once a second with the seconds the run has been waiting on a slow peer (files in
+        flight, none answered for `coordinator.SLOW_PEER_SECONDS`), and with None when it answers again.
 
     Returns
     -------
@@ -144,18 +181,26 @@ def send(
         One `Outcome` per input file (per repetition with ``repeat``); ``report.exit_code()`` is the
         documented exit status. With ``journal="FILE"`` it is a `JournalReport`: files already done in
         the journal (and unchanged since) are not sent, only counted (``already_done``); every outcome is
-        journaled as it arrives, so a run killed at any point resumes where it stopped.
+        journaled as it arrives, so a run killed at any point resumes where it stopped. The journal is
+        bound to its destination (`called_ae`, `host`, `port`): another destination raises
+        `journal.DestinationMismatch` before anything is sent, unless ``journal_new_destination=True``.
     """
     options = replace(options or SendOptions(), **overrides)  # type: ignore[arg-type]
     started = time.perf_counter()
     journal: Journal | None = None
     if options.journal:
-        from .sender.journal import Journal  # sqlite3 only with --journal
+        from .sender.journal import Destination, Journal  # sqlite3 only with --journal
 
         journal = Journal(options.journal)
-        journal.begin_run(f"{options.called_ae}@{host}:{port}")
+        try:
+            destination = Destination(options.called_ae, host, port)
+            journal.bind_destination(destination, new=options.journal_new_destination)
+        except BaseException:
+            journal.close()
+            raise
+        journal.begin_run(str(destination))
     try:
-        return _send(paths, host, port, options, journal, started, on_outcomes, on_plan)
+        return _send(paths, host, port, options, journal, started, on_outcomes, on_plan, on_wait)
     finally:
         if journal is not None:
             journal.close()
@@ -170,6 +215,7 @@ def _send(
     started: float,
     on_outcomes: Callable[[list[Outcome]], None] | None,
     on_plan: Callable[[Plan, list[ScanFailure]], None] | None,
+    on_wait: Callable[[float | None], None] | None = None,
 ) -> Report:
     scanned = 0
 
@@ -186,7 +232,9 @@ def _send(
     if journal is not None:
         from .sender.journal import JournalReport
 
-        report = JournalReport(journal_path=journal.path, already_done=scanned - len(_instances))
+        report = JournalReport(
+            journal_path=journal.path, already_done=scanned - len(_instances), run_id=journal.run_id or 0
+        )
         user_callback = on_outcomes
 
         def journaled(chunk: list[Outcome]) -> None:
@@ -201,9 +249,10 @@ def _send(
     report.contexts_proposed = sum(len(g.contexts) for g in plan.context_groups)
     early = [_failure_outcome(f) for f in failures]
     early += [Outcome.of(inst, st.PERMANENT, reason) for inst, reason in plan.unplannable]
-    report.outcomes.extend(early)
-    if on_outcomes and early:
-        on_outcomes(early)
+    skipped = [Outcome.of(inst, SKIPPED, reason) for inst, reason in plan.skipped]
+    report.outcomes.extend(early + skipped)
+    if on_outcomes and (early or skipped):
+        on_outcomes(early + skipped)
     edits = options.edits
     if edits.invent_instance and not edits.run_id:
         edits = replace(edits, run_id=uuid.uuid4().hex)
@@ -230,6 +279,7 @@ def _send(
         abort_at_end=options.abort_at_end,
         retries=options.retries,
         retry_wait=options.retry_wait,
+        retry_budget=options.retry_budget,
         engine=options.engine,
     )
     batches = list(plan.batches) * max(1, options.repeat)
@@ -239,7 +289,9 @@ def _send(
         report.outcomes.extend(
             Outcome.of(i, st.NOT_SENT, "not sent: run halted") for b in plan.batches for i in b.instances
         )
-    coordinator = Coordinator(batches, options.workers or default_workers(), config, report, on_outcomes)
+    coordinator = Coordinator(
+        batches, options.workers or default_workers(), config, report, on_outcomes, on_wait
+    )
     coordinator.run()
     report.input_count = len(report.outcomes)
     report.elapsed_s = time.perf_counter() - started

@@ -37,6 +37,7 @@ from typing import Any
 import bench_engines
 import bench_journal
 import bench_memory
+import bench_pacs
 import bench_parser
 import bench_receive
 import bench_receive_limits
@@ -44,6 +45,7 @@ import bench_scaling
 import bench_scan
 import bench_send
 import bench_tls
+import bench_transcode
 import psutil
 from common import RESULTS, ROOT, print_summary, summary_row, work_dir, write_json
 
@@ -58,6 +60,8 @@ BENCHMARKS = {
     "parser": bench_parser.run,  # report only
     "memory": bench_memory.run,
     "tls": bench_tls.run,
+    "pacs": bench_pacs.run,  # pydicom's test files to Orthanc vs storescu
+    "transcode": bench_transcode.run,  # decompressing for an uncompressed-only peer vs dcmsend
 }
 
 

@@ -21,7 +21,7 @@ def test_send_j4_into_receive_fork_900_files(tmp_path: Path) -> None:
     report_path = tmp_path / "r.json"
     with Receiver(tmp_path, ["--fork", "+xa"]) as rx:
         proc = subprocess.run(
-            [sys.executable, "-m", "batchstore", "send", "-j", "4", "-nh", "+sd", "+r", "-xs",
+            [sys.executable, "-m", "batchstore", "send", "-j", "4", "-nh", "+sd", "+r",
              "--report", str(report_path), "127.0.0.1", str(rx.port), str(tmp_path / "corpus")],
             capture_output=True, text=True, timeout=300,
         )
@@ -43,11 +43,13 @@ def test_send_j4_into_receive_fork_900_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("pdu", ["4096", "0"], ids=["smallest", "unlimited"])
 def test_send_to_receive_at_extreme_peer_pdu(tmp_path: Path, pdu: str) -> None:
-    """The smallest maximum PDU makes large data sets span hundreds of P-DATA-TF PDUs; 0 means unlimited."""
+    """The smallest maximum PDU makes large data sets span hundreds of P-DATA-TF PDUs; 0 means unlimited.
+
+    (No -xs: it now compresses uncompressed files, as storescu does, and these tests compare bytes.)"""
     manifest = generate(str(tmp_path / "c"), 60, seed=32, profile="mixed")
     with Receiver(tmp_path, ["+xa", "-pdu", pdu]) as rx:
         proc = subprocess.run(
-            [sys.executable, "-m", "batchstore", "send", "-j", "1", "+sd", "+r", "-xs",
+            [sys.executable, "-m", "batchstore", "send", "-j", "1", "+sd", "+r",
              "127.0.0.1", str(rx.port), str(tmp_path / "c")],
             capture_output=True, text=True, timeout=120,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import pytest
 
@@ -12,8 +13,10 @@ from batchstore.dicom.uids import (
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
+    JPEG_2000,
     JPEG_BASELINE,
     JPEG_LOSSLESS_SV1,
+    JPEG_LS_LOSSLESS,
     MPEG2_MPML,
     RLE_LOSSLESS,
     STORAGE_SOP_CLASSES,
@@ -25,6 +28,7 @@ from batchstore.sender.plan import (
     PlanOptions,
     PresentationContextProposal,
     choose_context,
+    context_choices,
     make_plan,
 )
 
@@ -184,7 +188,9 @@ def test_deflated_file_gets_its_own_context() -> None:
 
 def test_required_drops_contexts_no_file_can_use() -> None:
     opts = PlanOptions(proposal="lossless", required=True)
-    assert contexts_of(make_plan([inst(CT, LEE)], opts), CT) == [(LEE, BEE, LEI)]
+    # -xs: uncompressed files are compressed into the proposed JPEG lossless syntax (issue 12)
+    assert contexts_of(make_plan([inst(CT, LEE)], opts), CT) == [(JPEG_LOSSLESS_SV1,), (LEE, BEE, LEI)]
+    assert contexts_of(make_plan([inst(SR, LEE)], PlanOptions(proposal="mpeg2", required=True)), SR) == []
     assert contexts_of(make_plan([inst(CT, LEE), inst(CT, JPEG_LOSSLESS_SV1)], opts), CT) == [
         (JPEG_LOSSLESS_SV1,),
         (LEE, BEE, LEI),
@@ -192,6 +198,14 @@ def test_required_drops_contexts_no_file_can_use() -> None:
     assert contexts_of(make_plan([inst(CT, JPEG_BASELINE)], PlanOptions(required=True)), CT) == [
         (JPEG_BASELINE,)
     ]
+    # a lossless compressed file keeps the uncompressed contexts it is decompressed into, unless told never
+    assert contexts_of(make_plan([inst(CT, RLE_LOSSLESS)], PlanOptions(required=True)), CT) == [
+        (RLE_LOSSLESS,),
+        (LEE,),
+        (BEE, LEI),
+    ]
+    never = PlanOptions(required=True, decompress="never")
+    assert contexts_of(make_plan([inst(CT, RLE_LOSSLESS)], never), CT) == [(RLE_LOSSLESS,)]
 
 
 def test_mpeg2_mode() -> None:
@@ -312,7 +326,8 @@ def test_candidates() -> None:
     assert GROUP.candidates(CT, LEE) == (3, 5)
     assert GROUP.candidates(CT, LEI) == (5, 3)
     assert GROUP.candidates(CT, JPEG_BASELINE) == (1,)
-    assert GROUP.candidates(CT, RLE_LOSSLESS) == ()
+    assert GROUP.candidates(CT, RLE_LOSSLESS) == (3, 5)  # decompressed (issue 12)
+    assert replace(GROUP, decompress="never").candidates(CT, RLE_LOSSLESS) == ()
     assert GROUP.candidates(MR, LEE) == (7,)
     assert GROUP.candidates(US, LEE) == ()
 
@@ -340,6 +355,80 @@ def test_choose_nothing_fits() -> None:
     assert choose_context(GROUP, CT, LEE, {1: JPEG_BASELINE}) is None  # no uncompressed context accepted
     assert choose_context(GROUP, US, LEE, {3: LEE}) is None
     assert choose_context(GROUP, CT, LEE, {}) is None
+
+
+# --- conversions (issue 12) ---------------------------------------------------------------------------
+
+
+def test_decompress_lossless_by_default_explicit_before_implicit() -> None:
+    assert context_choices(GROUP, CT, RLE_LOSSLESS, {3: LEE, 5: LEI}) == (
+        (3, LEE, "decompress"),
+        (5, LEI, "decompress"),
+    )
+    assert context_choices(GROUP, CT, RLE_LOSSLESS, {5: BEE}) == ()  # never into big endian
+    assert choose_context(GROUP, CT, JPEG_BASELINE, {3: LEE}) is None  # lossy: not by default
+    lossy = replace(GROUP, decompress="lossy")
+    assert choose_context(lossy, CT, JPEG_BASELINE, {3: LEE}) == (3, LEE, "decompress")
+    never = replace(GROUP, decompress="never")
+    assert choose_context(never, CT, RLE_LOSSLESS, {3: LEE, 5: LEI}) is None
+
+
+def test_big_endian_goes_explicit_little_endian_before_implicit() -> None:
+    group = ContextGroup(
+        0, (PresentationContextProposal(1, CT, (BEE,)), PresentationContextProposal(3, CT, (LEI, LEE)))
+    )
+    assert context_choices(group, CT, BEE, {3: LEI}) == ((3, LEI, "convert"),)
+    group = ContextGroup(
+        0, (PresentationContextProposal(1, CT, (LEI,)), PresentationContextProposal(3, CT, (LEE, LEI)))
+    )
+    assert choose_context(group, CT, BEE, {1: LEI, 3: LEE}) == (3, LEE, "convert")
+
+
+def test_compress_only_into_what_the_user_proposed() -> None:
+    plan = make_plan([inst(CT, LEE), inst(CT, JPEG_LS_LOSSLESS)], PlanOptions(proposal="lossless"))
+    group = plan.context_groups[0]
+    ids = {pc.transfer_syntaxes[0]: pc.context_id for pc in group.contexts}
+    accepted = {
+        ids[JPEG_LS_LOSSLESS]: JPEG_LS_LOSSLESS,
+        ids[JPEG_LOSSLESS_SV1]: JPEG_LOSSLESS_SV1,
+        ids[LEE]: LEE,
+    }
+    # -xs: uncompressed input goes JPEG lossless first, as is when that fails (no pixel data ...)
+    assert context_choices(group, CT, LEE, accepted) == (
+        (ids[JPEG_LOSSLESS_SV1], JPEG_LOSSLESS_SV1, "compress"),
+        (ids[LEE], LEE, "as-is"),
+    )
+    # never into a compressed syntax the user did not propose (the JPEG-LS context of another file)
+    assert all(c[1] != JPEG_LS_LOSSLESS for c in context_choices(group, CT, LEE, accepted))
+    # compressed input is never re-compressed
+    assert choose_context(group, CT, JPEG_LS_LOSSLESS, {ids[JPEG_LOSSLESS_SV1]: JPEG_LOSSLESS_SV1}) is None
+    # lossy only when proposed: -xw compresses, the default mode never does
+    lossy = make_plan([inst(CT, LEE)], PlanOptions(proposal="j2k-lossy")).context_groups[0]
+    first = lossy.contexts[0]
+    assert first.transfer_syntaxes == (JPEG_2000,)
+    assert choose_context(lossy, CT, LEE, {first.context_id: JPEG_2000}) == (
+        first.context_id,
+        JPEG_2000,
+        "compress",
+    )
+    assert JPEG_2000 not in PlanOptions().compress_to
+
+
+def test_deflate_when_proposed() -> None:
+    group = make_plan([inst(CT, LEE)], PlanOptions(proposal="deflated")).context_groups[0]
+    assert [pc.transfer_syntaxes for pc in group.contexts] == [(DEFLATED_EXPLICIT_VR_LE,), (LEE, BEE, LEI)]
+    assert choose_context(group, CT, LEE, {1: DEFLATED_EXPLICIT_VR_LE, 3: LEE}) == (
+        1,
+        DEFLATED_EXPLICIT_VR_LE,
+        "convert",
+    )
+
+
+def test_dicomdir_is_skipped() -> None:
+    dicomdir = inst("1.2.840.10008.1.3.10", LEE)
+    plan = make_plan([dicomdir, inst(CT, LEE)])
+    assert plan.instance_count == 1
+    assert [(i.path, r.split(":")[0]) for i, r in plan.skipped] == [(dicomdir.path, "DICOMDIR")]
 
 
 def test_batch_is_a_frozen_record() -> None:

@@ -51,17 +51,42 @@ def test_transient_status_is_retried_until_success(corpus: tuple[Path, dict]) ->
     assert max(o.attempts for o in report.outcomes) == 3
 
 
-def test_transient_status_that_persists_is_exit_5(corpus: tuple[Path, dict]) -> None:
+def test_transient_status_that_repeats_for_some_files_is_theirs(corpus: tuple[Path, dict]) -> None:
+    """Issue 11: 0xA7xx repeating for the same files while the peer accepts the others is those files'
+    problem (Orthanc answers 0xA700 for a data set without a Study Instance UID): permanent after one
+    retry, exit 6, not "retrying may help"."""
     path, manifest = corpus
     busy = set(sorted(f["sop_instance_uid"] for f in manifest["files"])[:3])
     with ScriptedSCP(lambda n, uid: 0xA701 if uid in busy else 0) as scp:
-        report = _send(path, scp.port, retries=1, halt_on_failure=False)
-    assert report.exit_code() == EXIT_SOME_FAILED_RETRYABLE
+        report = _send(path, scp.port, retries=3, halt_on_failure=False, batch_size=len(manifest["files"]))
+    assert report.exit_code() == EXIT_SOME_FAILED
     failed = [o for o in report.outcomes if not o.delivered]
     assert {o.sop_instance_uid for o in failed} == busy
-    assert all(o.category == st.TRANSIENT and o.attempts == 2 for o in failed)
+    assert all(o.category == st.PERMANENT and o.attempts == 2 for o in failed)  # one retry, not three
     assert all(o.error.startswith("0xA701 Failure: out of resources") for o in failed)
+    assert all("this data set's problem" in o.error for o in failed)
     assert scp.count == len(manifest["files"]) + len(busy)
+
+
+def test_transient_status_for_every_file_stays_transient(corpus: tuple[Path, dict]) -> None:
+    """A peer answering 0xA7xx to everything for a while is the peer's trouble: retried with backoff."""
+    path, manifest = corpus
+    with ScriptedSCP(lambda n, uid: 0xA701 if n <= len(manifest["files"]) else 0) as scp:
+        report = _send(path, scp.port, retries=3, halt_on_failure=False, batch_size=len(manifest["files"]))
+    assert report.exit_code() == EXIT_OK, report.summary_lines()
+    assert sorted(scp.stored) == sorted(f["sop_instance_uid"] for f in manifest["files"])
+
+
+def test_transient_status_that_persists_for_a_lone_file_is_exit_5(corpus: tuple[Path, dict]) -> None:
+    """Without another file accepted around it (a batch of one), a repeating 0xA7xx stays transient."""
+    path, manifest = corpus
+    busy = set(sorted(f["sop_instance_uid"] for f in manifest["files"])[:3])
+    with ScriptedSCP(lambda n, uid: 0xA701 if uid in busy else 0) as scp:
+        files = [str(path / f["path"]) for f in manifest["files"] if f["sop_instance_uid"] in busy]
+        report = batchstore.send(files, "127.0.0.1", scp.port, workers=1, retries=1, retry_wait=0.01,
+                                 halt_on_failure=False, batch_size=1)  # fmt: skip
+    assert report.exit_code() == EXIT_NOTHING_SENT
+    assert all(o.category == st.TRANSIENT and o.attempts == 2 for o in report.outcomes)
 
 
 def test_peer_that_never_answers_times_out_as_transient(corpus: tuple[Path, dict]) -> None:

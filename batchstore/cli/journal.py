@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ..sender.journal import Journal, JournalError
-from ..sender.report import EXIT_ERROR, Report
+from ..sender.journal import Journal, JournalError, JournalReport
+from ..sender.report import EXIT_ERROR
 
 
 @click.command("journal", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -16,7 +16,8 @@ from ..sender.report import EXIT_ERROR, Report
     "--report",
     "report_path",
     type=click.Path(dir_okay=False),
-    help="Export the per-file report (latest outcome of every file) as .json or .csv.",
+    help="Export the per-file report (latest outcome of every input file, with the run and time that "
+    "recorded it) as .json or .csv.",
 )
 def command(journal_path: str, report_path: str | None) -> None:
     """Summarise the send journal FILE: done/failed/pending counts and the last run.
@@ -27,15 +28,16 @@ def command(journal_path: str, report_path: str | None) -> None:
     try:
         with Journal(journal_path, create=False) as journal:
             summary = journal.summary()
-            outcomes = journal.outcomes() if report_path else []
+            records = journal.records() if report_path else []
     except JournalError as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_ERROR)
     click.echo("\n".join(summary.lines()))
     if report_path:
-        report = Report(outcomes=outcomes, input_count=len(outcomes))
+        report = JournalReport(journal_path=journal_path)
+        report.input_count = len(records)
         try:
-            report.write(report_path)
+            report.write(report_path, records)
         except OSError as exc:
             click.echo(f"batchstore: cannot write report {report_path}: {exc.strerror}", err=True)
             sys.exit(EXIT_ERROR)

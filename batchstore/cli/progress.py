@@ -72,6 +72,15 @@ class Progress:
         self.bar.set_postfix_str(f"{self.bytes / 1e6 / elapsed:.1f} MB/s", refresh=False)
         self.bar.update(len(outcomes))
 
+    def waiting(self, seconds: float | None) -> None:
+        """The run has waited `seconds` on a slow peer (None: it answers again): shown on the bar."""
+        if self.bar is None:
+            return
+        if seconds is None:
+            self.bar.set_postfix_str("", refresh=True)
+        else:
+            self.bar.set_postfix_str(f"waiting on a slow peer: no answer for {seconds:.0f} s", refresh=True)
+
     def close(self) -> None:
         if self._redirect is not None:
             self._redirect.__exit__(None, None, None)

@@ -16,9 +16,9 @@ from ..api import SendOptions, default_workers, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
 from ..net.acse import UserIdentity
-from ..sender.journal import JournalError
+from ..sender.journal import DestinationMismatch, JournalError
 from ..sender.plan import PlanOptions
-from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED
+from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from .common import input_options, logging_options, setup_logging, tls_options, tls_settings
 from .progress import Progress
 
@@ -87,6 +87,31 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
 )
 @click.option(
     "+cl", "--compression-level", type=click.IntRange(0, 9), default=6, help="Deflate level (with -xd)."
+)
+@click.option(
+    "--decompress-never",
+    "decompress",
+    flag_value="never",
+    help="Never decompress: a compressed file whose syntax the peer rejects fails (dcmsend).",
+)
+@click.option(
+    "--decompress-lossless",
+    "decompress",
+    flag_value="lossless",
+    default=True,
+    help="Decompress losslessly compressed files when the peer rejects their syntax (default, dcmsend).",
+)
+@click.option(
+    "--decompress-lossy",
+    "decompress",
+    flag_value="lossy",
+    help="Also decompress lossy compressed files (JPEG baseline ...); Lossy Image Compression is kept (dcmsend).",
+)
+@click.option(
+    "+rd",
+    "--read-dicomdir",
+    is_flag=True,
+    help="Send the files a DICOMDIR references (a DICOMDIR itself is always skipped; dcmsend).",
 )
 @click.option("-usr", "--user", help="Authenticate using this user name.")
 @click.option("-pwd", "--password", help="Authenticate using this password (with --user).")
@@ -179,6 +204,20 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
     help="Base wait before a retry (s), exponential with jitter.",
 )
 @click.option(
+    "--retry-budget",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="Seconds a file may cost before its retries stop: worst case per file is this plus one attempt "
+    "(bounded by -ts/-td).",
+)
+@click.option(
+    "--journal-new-destination",
+    is_flag=True,
+    help="When --journal records another destination (called AE, host, port), start a fresh destination "
+    "record in it and send every file again (default: refuse, exit 2).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["batchstore", "pynetdicom"]),
     default="batchstore",
@@ -248,6 +287,7 @@ def command(ctx: click.Context, **kw: Any) -> None:
             required=bool(kw["required"]),
             batch_bytes=int(kw["batch_bytes"]),
             profile_contexts=profile,
+            decompress=str(kw["decompress"]),
         ),
         batch_size=kw["batch_size"],
         max_pdu=int(kw["max_pdu"]),
@@ -264,9 +304,12 @@ def command(ctx: click.Context, **kw: Any) -> None:
         repeat=int(kw["repeat"]),
         retries=int(kw["retries"]),
         retry_wait=float(kw["retry_wait"]),
+        retry_budget=float(kw["retry_budget"]),
+        journal_new_destination=bool(kw["journal_new_destination"]),
         rename=bool(kw["rename"]),
         journal=kw["journal_path"],
         engine=str(kw["engine"]),
+        read_dicomdir=bool(kw["read_dicomdir"]),
     )
     show_progress = kw["progress"]
     if show_progress is None:
@@ -284,9 +327,13 @@ def command(ctx: click.Context, **kw: Any) -> None:
             options,
             on_outcomes=progress.update,
             on_plan=progress.start,
+            on_wait=progress.waiting,
         )
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except DestinationMismatch as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except JournalError as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_ERROR)

@@ -35,6 +35,7 @@ __all__ = [
     "ScanFailure",
     "data_set_offset",
     "find_uids",
+    "not_regular_kind",
     "read_dataset_bytes",
     "read_instance",
     "verify_bytes",
@@ -230,18 +231,26 @@ def read_instance(path: str, read_mode: ReadMode | str = "auto") -> Instance | S
         Never raises for bad input. Reads only the first few kilobytes (meta information and the
         data set up to (0008,0018)); pixel data is never read.
     """
+    # A FIFO, socket or device is never opened: opening a FIFO blocks until a writer comes, and opening
+    # a device can have effects. stat first; O_NONBLOCK covers a file swapped for a FIFO in between.
     try:
-        fd = os.open(path, os.O_RDONLY)
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ScanFailure(path, "no such file or directory")
+    except OSError as exc:
+        return ScanFailure(path, f"cannot read: {exc.strerror or exc}")
+    if not stat.S_ISREG(st.st_mode):
+        return _not_regular(path, st.st_mode)
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return ScanFailure(path, "no such file or directory")
     except OSError as exc:
         return ScanFailure(path, f"cannot read: {exc.strerror or exc}")
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            return ScanFailure(path, "is a directory; use +sd/--scan-directories")
         if not stat.S_ISREG(st.st_mode):
-            return ScanFailure(path, "not a regular file")
+            return _not_regular(path, st.st_mode)
         if st.st_size == 0:
             return ScanFailure(path, "empty file")
         head = os.pread(fd, _HEAD_SIZE, 0)
@@ -251,6 +260,31 @@ def read_instance(path: str, read_mode: ReadMode | str = "auto") -> Instance | S
         return ScanFailure(path, f"cannot read: {exc.strerror or exc}")
     finally:
         os.close(fd)
+
+
+#: How every input is opened: never blocking (a FIFO that replaced a file since its stat), never
+#: becoming the controlling terminal. O_NONBLOCK changes nothing for regular files.
+_OPEN_FLAGS: Final = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def not_regular_kind(mode: int) -> str:
+    """A person's name for an inode that is not a regular file ("FIFO (named pipe)", "socket", ...)."""
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "directory"),
+    ):
+        if test(mode):
+            return name
+    return "unknown file type"
+
+
+def _not_regular(path: str, mode: int) -> ScanFailure:
+    if stat.S_ISDIR(mode):
+        return ScanFailure(path, "is a directory; use +sd/--scan-directories")
+    return ScanFailure(path, f"not a regular file: {not_regular_kind(mode)}")
 
 
 def _parse(path: str, src: Source, read_mode: str, st: os.stat_result) -> Instance | ScanFailure:
@@ -302,18 +336,19 @@ def _parse(path: str, src: Source, read_mode: str, st: os.stat_result) -> Instan
             # The data set is not encoded the way the meta information says (a known writer bug);
             # record what it really is so that it goes out as its own bytes under the right syntax.
             ts, encoding = _ts_for(detected), detected
+    damage = ""  # why the walk to the SOP UIDs stopped, for a file that has none in its meta either
     try:
         sop_class, sop_instance = find_uids(walk_src, walk_pos, *encoding, strict=not part10)
-    except WalkError:
+    except WalkError as exc:
         if not part10:
             return ScanFailure(path, "not a DICOM file (no DICM prefix, not a data set)")
-        sop_class, sop_instance = "", ""
+        sop_class, sop_instance, damage = "", "", f": {exc}"
     sop_class = sop_class or meta.get(0x0002, "")
     sop_instance = sop_instance or meta.get(0x0003, "")
     if not sop_class:
-        return ScanFailure(path, "missing SOP Class UID")
+        return ScanFailure(path, "missing SOP Class UID" + damage)
     if not sop_instance:
-        return ScanFailure(path, "missing SOP Instance UID")
+        return ScanFailure(path, "missing SOP Instance UID" + damage)
     return Instance(
         path=path,
         sop_class_uid=sop_class,
@@ -362,11 +397,14 @@ def verify_dataset(path: str, data_offset: int, transfer_syntax: str) -> str | N
         524288 bytes, 314572 remain"``.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return _not_regular(path, info.st_mode).reason
+        size = info.st_size
         if data_offset > size:
             return (
                 f"truncated file: data set offset {data_offset} is beyond the end of the file ({size} bytes)"
@@ -385,6 +423,10 @@ def _verify(src: Source, data_offset: int, transfer_syntax: str) -> str | None:
     try:
         if _is_standard(transfer_syntax):
             encoding = _encoding_of(transfer_syntax)
+            if transfer_syntax not in _NATIVE:
+                reason = _contradiction(src, data_offset, transfer_syntax, encoding)
+                if reason:
+                    return reason
         else:  # a private transfer syntax: trust the bytes
             encoding = _detect_encoding(src, data_offset) or (True, True)
         if src.fd < 0 and encoding == (True, True):  # in memory: skip the plain elements fast
@@ -395,6 +437,22 @@ def _verify(src: Source, data_offset: int, transfer_syntax: str) -> str | None:
         return str(exc)
     except RecursionError:
         return "corrupt data set: sequences nested too deeply"
+
+
+def _contradiction(src: Source, pos: int, ts: str, encoding: tuple[bool, bool]) -> str | None:
+    """A data set whose first element says another encoding than its compressed transfer syntax's
+    (pydicom's ``SC_rgb_jpeg.dcm``: JPEG baseline in the header, implicit VR in the data set): the
+    peer could not parse it, so it fails here, before any byte goes out (as storescu and dcmsend do)."""
+    detected = _detect_encoding(src, pos)
+    if detected is None or detected == encoding:
+        return None
+    from .uids import ts_name  # only on this rare error path: the name needs pydicom
+
+    found = "implicit VR little endian" if not detected[0] else "explicit VR big endian"
+    return (
+        f"data set encoding contradicts its header: the header says {ts_name(ts)} (explicit VR little "
+        f"endian), the data set is {found}"
+    )
 
 
 #: Data sets up to this size are read whole by the sender, checked with `verify_bytes` and sent from
@@ -414,7 +472,7 @@ def read_dataset_bytes(path: str, data_offset: int, expected: int = SMALL_DATASE
     OSError
         If the file cannot be read.
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, _OPEN_FLAGS)
     try:
         data = os.pread(fd, expected + 1, data_offset)
         if len(data) <= expected:

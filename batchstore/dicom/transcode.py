@@ -1,9 +1,15 @@
 """The slow path: decode a file with pydicom, edit it, and encode its data set for another transfer syntax.
 
 Used only when a file cannot go out as its own bytes: the peer accepted a different uncompressed (or
-deflated) transfer syntax, or the user asked for edits (``+II``/``+IR``/``+IS``/``+IP`` invented UIDs,
-``-up`` UID padding correction, ``-u`` no post-1993 VRs). Compressed pixel data is never decoded here:
-a compressed file whose own syntax was rejected fails with "no accepted presentation context".
+deflated) transfer syntax, the user proposed a compressed syntax for uncompressed input (``-xs``, ``-xv``,
+``-xr`` ...), a compressed file must be decompressed (its own syntax was rejected, dcmsend's
+``--decompress-lossless``/``--decompress-lossy``), or the user asked for edits (``+II``/``+IR``/``+IS``/``+IP``
+invented UIDs, ``-up`` UID padding correction, ``-u`` no post-1993 VRs). The codecs are `codecs`'s.
+
+Decompression writes the decoded frames one at a time into the one buffer that is sent, so a large
+multi-frame file costs its compressed size plus its decoded size (docs/design.md, "Transfer syntax
+conversion"). Every deflated data set is padded to an even length (PS3.5 A.5; DCMTK and Orthanc abort
+on an odd fragment).
 """
 
 from __future__ import annotations
@@ -12,7 +18,14 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from .uids import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    IMPLICIT_VR_LE,
+    is_encapsulated,
+    is_lossy,
+    ts_name,
+)
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -103,6 +116,30 @@ def invent_uids(ds: Dataset, index: int, edits: EditOptions) -> None:
                 ds.PatientName = f"BATCHSTORE^{run[:8]}{patient:06d}"
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """A data set re-encoded for sending."""
+
+    payload: bytes | bytearray
+    sop_instance_uid: str
+    pixels_decoded: bool = False  # compressed pixel data were decoded (decompressed)
+
+
+def deflate(data: bytes | bytearray, level: int = 6) -> bytes:
+    """Deflate a data set (raw deflate, no zlib header), padded with a zero byte to an even length."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    out = compressor.compress(data) + compressor.flush()
+    return out + b"\0" if len(out) % 2 else out
+
+
+def read_padded(path: str, data_offset: int) -> bytes:
+    """The data set of `path` as is, plus a zero byte when its length is odd (a deflated file's stream)."""
+    with open(path, "rb") as fh:
+        fh.seek(data_offset)
+        data = fh.read()
+    return data + b"\0" if len(data) % 2 else data
+
+
 def encode_dataset(
     path: str,
     source_ts: str,
@@ -110,44 +147,137 @@ def encode_dataset(
     edits: EditOptions | None = None,
     index: int = 0,
     read_dataset_only: bool = False,
-) -> tuple[bytes, str]:
-    """Read `path` and return (data set bytes encoded in `target_ts`, SOP Instance UID sent).
+) -> Encoded:
+    """Read `path` and return its data set encoded in `target_ts`, with the SOP Instance UID sent.
 
     Parameters
     ----------
     source_ts : str
         The file's own transfer syntax (as scanned).
     target_ts : str
-        An uncompressed or deflated transfer syntax, or `source_ts` itself (edits only).
+        An uncompressed or deflated transfer syntax (a compressed source is decompressed), a compressed
+        one (an uncompressed source is compressed; `codecs.NotEncodable` if it cannot be), or `source_ts`
+        itself (edits only).
     read_dataset_only : bool
         The file is a bare data set without file meta information (storescu ``-f``).
     """
     import pydicom
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
+
+    from .codecs import encode_pixels
 
     edits = edits or EditOptions()
+    # a worker process: files are sent as they are, not validated (values pydicom finds invalid, such as
+    # over-long UIDs, are the file's own and go out unchanged, as storescu sends them)
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     ds = pydicom.dcmread(path, force=True)
     if read_dataset_only or not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta = pydicom.dataset.FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(source_ts)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(source_ts)  # as scanned: the data set's real encoding
     if edits.uid_padding:
         _strip_uid_padding(ds)
     if edits.invent_instance:
         invent_uids(ds, index, edits)
     if edits.disable_new_vr:
         _old_vrs(ds)
+    uid = str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
+    decompress = is_encapsulated(source_ts) and not is_encapsulated(target_ts)
+    if decompress and "PixelData" in ds:
+        payload: bytes | bytearray = _decompressed(ds, source_ts, target_ts)
+        if target_ts == DEFLATED_EXPLICIT_VR_LE:
+            payload = deflate(payload, edits.compression_level)
+        return Encoded(payload, uid, True)
+    if is_encapsulated(target_ts) and target_ts != source_ts:
+        if is_encapsulated(source_ts):
+            raise ValueError(f"no conversion from {ts_name(source_ts)} to {ts_name(target_ts)}")
+        encode_pixels(ds, target_ts)
     source_little = source_ts != EXPLICIT_VR_BE
     target_little = target_ts != EXPLICIT_VR_BE
     if source_little != target_little:
         _swap_raw(ds)
+    data = _write(ds, target_ts)
+    if target_ts == DEFLATED_EXPLICIT_VR_LE:
+        return Encoded(deflate(data, edits.compression_level), uid)
+    return Encoded(data, uid)
+
+
+def _write(ds: Dataset, target_ts: str) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
     fp = DicomBytesIO()
     fp.is_implicit_VR = target_ts == IMPLICIT_VR_LE
-    fp.is_little_endian = target_little
-    ds.file_meta = None  # type: ignore[assignment]
+    fp.is_little_endian = target_ts != EXPLICIT_VR_BE
     write_dataset(fp, ds)
-    data = fp.getvalue()
-    if target_ts == DEFLATED_EXPLICIT_VR_LE:
-        compressor = zlib.compressobj(edits.compression_level, zlib.DEFLATED, -zlib.MAX_WBITS)
-        data = compressor.compress(data) + compressor.flush()
-    return data, str(ds.SOPInstanceUID)
+    return fp.getvalue()
+
+
+_PIXEL_DATA = 0x7FE00010
+
+
+def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
+    """Decode `ds`'s pixel data frame by frame into one buffer holding the whole re-encoded data set.
+
+    Peak memory: the file as read (compressed pixel data) + the decoded data set + one frame.
+    """
+    import struct
+
+    import numpy as np
+    from pydicom.dataset import Dataset
+
+    from .codecs import iter_decoded_frames, lossy_method, mark_lossy
+
+    if target_ts == EXPLICIT_VR_BE:
+        raise ValueError("decompressing into big endian is not supported; propose little endian")
+    frames = iter_decoded_frames(ds, source_ts)
+    first, info = next(frames)
+    count = int(ds.get("NumberOfFrames") or 1)
+    frame_size = first.nbytes
+    total = frame_size * count
+    if total >= 2**32 - 2:
+        raise ValueError("decoded pixel data longer than a DICOM element can hold")
+    ds.PhotometricInterpretation = info["photometric_interpretation"]
+    if int(info.get("samples_per_pixel", 1)) > 1:
+        ds.PlanarConfiguration = int(info.get("planar_configuration", 0))
+    if is_lossy(source_ts):
+        mark_lossy(ds, lossy_method(source_ts), None)  # the data stay lossy; keep saying so
+    head_ds, tail_ds = Dataset(), Dataset()
+    for elem in ds:
+        if elem.tag < _PIXEL_DATA:
+            head_ds.add(elem)
+        elif elem.tag > _PIXEL_DATA:
+            tail_ds.add(elem)
+    head = _write(head_ds, target_ts)
+    tail = _write(tail_ds, target_ts) if len(tail_ds) else b""
+    pad = total % 2
+    length = total + pad
+    if target_ts == IMPLICIT_VR_LE:
+        element = struct.pack("<HHI", 0x7FE0, 0x0010, length)
+    else:
+        vr = b"OB" if int(ds.get("BitsAllocated", 8)) <= 8 else b"OW"
+        element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, vr, 0, length)
+    start = len(head) + len(element)
+    buf = bytearray(start + length + len(tail))
+    buf[: len(head)] = head
+    buf[len(head) : start] = element
+    view = memoryview(buf)
+    pos = start
+    done = 0
+    for arr in _chain(first, (a for a, _ in frames)):
+        if done == count:
+            raise ValueError(f"the decoder gave more frames than Number of Frames ({count})")
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        if flat.nbytes != frame_size:
+            raise ValueError("decoded frames differ in size")
+        view[pos : pos + frame_size] = flat.data
+        pos += frame_size
+        done += 1
+    if done != count:
+        raise ValueError(f"decoded {done} of {count} frames")
+    buf[start + length :] = tail
+    return buf
+
+
+def _chain(first, rest):  # type: ignore[no-untyped-def]
+    yield first
+    yield from rest

@@ -20,6 +20,8 @@ __all__ = [
     "EXPLICIT_VR_LE",
     "IMPLICIT_VR_LE",
     "LOCAL_EXPLICIT_VR",
+    "LOSSY_SYNTAXES",
+    "MEDIA_STORAGE_DIRECTORY",
     "NATIVE_CONVERTIBLE",
     "OPPOSITE_EXPLICIT_VR",
     "PROPOSAL_FLAGS",
@@ -29,6 +31,7 @@ __all__ = [
     "UNCOMPRESSED",
     "VERIFICATION_SOP_CLASS",
     "is_encapsulated",
+    "is_lossy",
     "is_native_convertible",
     "is_uncompressed",
     "modality_prefix",
@@ -87,6 +90,37 @@ UNCOMPRESSED: Final[tuple[str, ...]] = (LOCAL_EXPLICIT_VR, OPPOSITE_EXPLICIT_VR,
 
 #: Syntaxes whose data set can be re-encoded into one another without touching pixel data encoding.
 NATIVE_CONVERTIBLE: Final = frozenset((*UNCOMPRESSED, DEFLATED_EXPLICIT_VR_LE))
+
+#: Syntaxes whose pixel data were compressed lossily (decompressing them is allowed only with
+#: ``--decompress-lossy``; compressing into them only when the user proposed them, ``-xy``, ``-xw`` ...).
+LOSSY_SYNTAXES: Final = frozenset(
+    (
+        JPEG_BASELINE,
+        JPEG_EXTENDED,
+        JPEG_LS_LOSSY,
+        JPEG_2000,
+        JPEG_2000_MC,
+        JPEG_XL,
+        JPEG_XL_JPEG_RECOMPRESSION,
+        HTJ2K,
+        MPEG2_MPML,
+        MPEG2_MPML_F,
+        MPEG2_MPHL,
+        MPEG2_MPHL_F,
+        MPEG4_HP41,
+        MPEG4_HP41_F,
+        MPEG4_HP41_BD,
+        MPEG4_HP41_BD_F,
+        MPEG4_HP42_2D,
+        MPEG4_HP42_2D_F,
+        MPEG4_HP42_3D,
+        MPEG4_HP42_3D_F,
+        MPEG4_HP42_STEREO,
+        MPEG4_HP42_STEREO_F,
+        HEVC_MP51,
+        HEVC_M10P51,
+    )
+)
 
 #: Every transfer syntax storescp accepts with ``+xa``, in the order its man page lists them.
 ALL_TRANSFER_SYNTAXES: Final[tuple[str, ...]] = (
@@ -151,6 +185,22 @@ def is_uncompressed(ts: str) -> bool:
     return ts in (IMPLICIT_VR_LE, EXPLICIT_VR_LE, EXPLICIT_VR_BE)
 
 
+def is_lossy(ts: str) -> bool:
+    """Return whether `ts` compresses pixel data lossily (JPEG baseline, JPEG 2000, JPEG-LS near-lossless ...).
+
+    Parameters
+    ----------
+    ts : str
+        Transfer syntax UID.
+
+    Returns
+    -------
+    bool
+        True for the lossy syntaxes of `LOSSY_SYNTAXES`; False for uncompressed, deflated and lossless ones.
+    """
+    return ts in LOSSY_SYNTAXES
+
+
 def is_encapsulated(ts: str) -> bool:
     """Return whether pixel data in `ts` is encapsulated (fragments), i.e. anything but the native four.
 
@@ -208,6 +258,8 @@ def ts_name(uid: str) -> str:
 # --- SOP classes ------------------------------------------------------------------------------------
 
 VERIFICATION_SOP_CLASS: Final = "1.2.840.10008.1.1"
+#: Media Storage Directory Storage: a DICOMDIR, an index of files on a medium, not an object to store.
+MEDIA_STORAGE_DIRECTORY: Final = "1.2.840.10008.1.3.10"
 
 
 @cache

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 
+from ..dicom.part10 import Instance
 from . import outcomes as st
 from .messages import (
     AssociationOpened,
@@ -37,6 +38,7 @@ from .messages import (
     ConnectFailed,
     GiveBack,
     Halt,
+    Later,
     Ready,
     Results,
     RunBatch,
@@ -53,6 +55,8 @@ log = logging.getLogger("batchstore.dispatch")
 GROW_SECONDS = 5.0
 #: A 0xA7xx answer lowers the number of busy workers at most once per this many seconds.
 SHRINK_INTERVAL = 1.0
+#: With files in flight and no outcome for this long, the run is waiting on a slow peer: it says so.
+SLOW_PEER_SECONDS = 5.0
 
 
 @dataclass
@@ -69,6 +73,7 @@ class _Slot:
     connected: bool = False  # holds an association (as far as the coordinator knows)
     assoc_failures: int = 0  # association failures in a row
     parked_until: float = 0.0  # no batch before this time (backoff after an association failure)
+    later: set[str] | None = None  # paths of its batch sent back with `Later` (requeued already)
 
 
 class Coordinator:
@@ -89,10 +94,20 @@ class Coordinator:
         config: WorkerConfig,
         report: Report,
         on_outcomes: Callable[[list[Outcome]], None] | None = None,
+        on_wait: Callable[[float | None], None] | None = None,
     ) -> None:
         self.config = config
         self.report = report
         self.on_outcomes = on_outcomes
+        #: called about once a second with the seconds the run has waited on the peer, None when it answers
+        self.on_wait = on_wait
+        self._results = False  # outcomes arrived since the last `_watch_peer`
+        self.last_progress = time.monotonic()
+        self._stalled = False
+        self._told_wait = 0.0
+        #: id(batch) -> the earlier failures of its files, for batches of files sent back with `Later`
+        self._retry_of: dict[int, tuple[tuple[st.Attribution, ...], int]] = {}
+        self.accepted = 0  # files the peer accepted so far (counted per chunk of outcomes)
         self.queues: dict[int, deque[tuple[Batch, int]]] = {}
         index = 0
         for batch in batches:
@@ -160,6 +175,8 @@ class Coordinator:
 
     def _handle(self, wid: int, slot: _Slot, message: ToCoordinator) -> None:
         if isinstance(message, Results):  # by far the most frequent: first
+            self._results = True
+            self.accepted += len(message.outcomes) - message.failures
             slot.done_in_batch += len(message.outcomes)
             self._record(wid, message.outcomes)
         elif isinstance(message, AssociationOpened):
@@ -176,7 +193,9 @@ class Coordinator:
             if slot.group < 0:
                 slot.connected = False
         elif isinstance(message, GiveBack):
-            self._give_back(wid, slot, message.offset, message.error)
+            self._give_back(wid, slot, message.offset, message.error, message.deferred)
+        elif isinstance(message, Later):
+            self._later(slot, message)
         elif isinstance(message, ConnectFailed):
             slot.connecting = False
             self._connect_failed(wid, slot, message.error, message.transient)
@@ -232,7 +251,9 @@ class Coordinator:
         self.report.retries += 1
         slot.parked_until = time.monotonic() + backoff(min(slot.assoc_failures, 8), self.config.retry_wait)
 
-    def _give_back(self, wid: int, slot: _Slot, offset: int, error: str) -> None:
+    def _give_back(
+        self, wid: int, slot: _Slot, offset: int, error: str, deferred: tuple[int, ...] = ()
+    ) -> None:
         """A worker could not associate (transient): requeue the rest of its batch, park it, adapt."""
         batch, start = slot.batch, slot.start_index
         slot.batch = None
@@ -240,7 +261,9 @@ class Coordinator:
         slot.assoc_failures += 1
         if batch is None:
             return
-        rest = batch.instances[offset:]
+        rest = tuple(batch.instances[i] for i in deferred) + batch.instances[offset:]
+        if deferred:
+            offset = min(offset, *deferred)
         others = sum(1 for w, s in self.slots.items() if w != wid and s.connected and not s.finished)
         if others:
             self._shrink(f"association refused while {others} other(s) connected ({error})", limit=others)
@@ -291,15 +314,25 @@ class Coordinator:
                 break
             if slot.parked_until > now:
                 continue
-            slot.idle = False
             if slot.connected:
                 nxt = self._next_batch(slot.group)
                 assert nxt is not None
+                if self._waits_for_evidence(nxt[0], busy + connecting):
+                    # to the back: this worker takes another batch, if there is one that need not wait
+                    self.queues.setdefault(nxt[0].context_group, deque()).append(nxt)
+                    nxt = self._next_batch(slot.group)
+                    assert nxt is not None
+                    if self._waits_for_evidence(nxt[0], busy + connecting):
+                        self.queues.setdefault(nxt[0].context_group, deque()).append(nxt)
+                        continue
+                slot.idle = False
                 slot.batch, slot.start_index = nxt
                 slot.done_in_batch = 0
-                slot.conn.send(RunBatch(slot.batch, slot.start_index))
+                slot.later = None
+                slot.conn.send(RunBatch(slot.batch, slot.start_index, self._last_chance(slot.batch)))
                 busy += 1
             else:
+                slot.idle = False
                 slot.connecting = True
                 slot.conn.send(Connect(self._peek_group(slot.group)))
                 connecting += 1
@@ -315,7 +348,7 @@ class Coordinator:
         batch = slot.batch
         code = slot.process.exitcode
         if batch is not None:
-            rest = batch.instances[slot.done_in_batch :]
+            rest = self._unreported(wid, batch, slot.done_in_batch)
             log.warning(
                 "worker %d died (exit code %s) with %d file(s) of its batch unsent; requeued",
                 wid,
@@ -330,6 +363,60 @@ class Coordinator:
         if not self.halted and any(self.queues.values()) and self.respawns_left > 0:
             self.respawns_left -= 1
             self._spawn()
+
+    def _waits_for_evidence(self, batch: Batch, others_active: int) -> bool:
+        """A batch sent back with `Later` (just taken from its queue) waits while the peer has accepted
+        nothing since and other files are still to come (workers sending or connecting, batches queued):
+        their outcomes will say whether the peer is fine, and then its files are judged."""
+        entry = self._retry_of.get(id(batch))
+        if entry is None or self.accepted > entry[1]:
+            return False
+        queued = sum(len(q) for q in self.queues.values())
+        plain_queued = queued - (len(self._retry_of) - 1)  # queued batches that are not sent-back ones
+        return others_active > 0 or plain_queued > 0
+
+    def _last_chance(self, batch: Batch) -> tuple[st.Attribution, ...]:
+        """The earlier failures of a batch sent back with `Later`, marked when the peer has accepted
+        files (from any worker) since: then a failure that repeats is the file's."""
+        entry = self._retry_of.pop(id(batch), None)
+        if entry is None:
+            return ()
+        first, mark = entry
+        if self.accepted > mark:
+            return tuple(replace(f, previous_ok=True) for f in first)
+        return first
+
+    def _later(self, slot: _Slot, message: Later) -> None:
+        """Files a worker could not judge: to the end of the queue, one batch, for a last retry."""
+        batch = slot.batch
+        if batch is None or not message.offsets:
+            return
+        files = tuple(batch.instances[i] for i in message.offsets)
+        later = replace(batch, instances=files, nbytes=sum(i.size for i in files))
+        self._retry_of[id(later)] = (message.first, self.accepted)
+        self.queues.setdefault(batch.context_group, deque()).append(
+            (later, slot.start_index + message.offsets[0])
+        )
+        slot.later = {inst.path for inst in files}  # requeued already: a death of this worker does not
+
+    def _unreported(self, wid: int, batch: Batch, done: int) -> tuple[Instance, ...]:
+        """The files of `batch` worker `wid` reported no outcome for, `done` outcomes in.
+
+        Usually the tail after the first `done` files; but a file put aside after a transient failure is
+        reported after the rest of its batch, so the reported paths are looked up (only when a worker dies).
+        """
+        seen: set[str] = set(self.slots[wid].later or ())
+        if done == 0:
+            return (
+                tuple(inst for inst in batch.instances if inst.path not in seen) if seen else batch.instances
+            )
+        done += len(seen)
+        for outcome in reversed(self.report.outcomes):
+            if outcome.worker == wid:
+                seen.add(outcome.path)
+                if len(seen) >= done:
+                    break
+        return tuple(inst for inst in batch.instances if inst.path not in seen)
 
     def request_stop(self, signum: int = signal.SIGINT, frame: object = None) -> None:
         """Ctrl-C / SIGTERM: stop dispatching and let in-flight C-STOREs finish; a second one is forceful."""
@@ -356,6 +443,8 @@ class Coordinator:
             for signum_, handler in previous.items():
                 signal.signal(signum_, handler)  # type: ignore[arg-type]
             restore_gc()  # an API caller's process goes on as it was
+            if self._stalled:
+                self._watch_peer(final=True)
             for slot in self.slots.values():
                 slot.process.join(timeout=5)
                 if slot.process.is_alive():
@@ -383,6 +472,7 @@ class Coordinator:
                         slot.process.join(timeout=5)
                         if not slot.finished:
                             self._worker_died(wid, slot)
+            self._watch_peer()
             for sentinel, wid in sentinels.items():
                 slot = self.slots[wid]
                 if sentinel in ready and not slot.finished:
@@ -394,6 +484,41 @@ class Coordinator:
                         pass
                     if not slot.finished:
                         self._worker_died(wid, slot)
+
+    def _watch_peer(self, final: bool = False) -> None:
+        """Notice (log, progress bar, summary) when files are in flight and none has been answered for
+        `SLOW_PEER_SECONDS`: the run is waiting on a slow peer (or one that holds a data set it cannot
+        parse until its own timeout)."""
+        now = time.monotonic()
+        if self._results or final:
+            self._results = False
+            if self._stalled:
+                self._stalled = False
+                waited = now - self.last_progress
+                self.report.waited_s += waited
+                log.info("the peer answered again after %.0f s", waited)
+                if self.on_wait:
+                    self.on_wait(None)
+            self.last_progress = now
+            return
+        silent = now - self.last_progress
+        if silent < SLOW_PEER_SECONDS:
+            return
+        busy = sum(1 for s in self.slots.values() if s.batch is not None and not s.finished)
+        if not busy:
+            self.last_progress = now  # nothing in flight: not the peer's doing
+            return
+        if not self._stalled:
+            self._stalled = True
+            self.report.slow_waits += 1
+            log.warning(
+                "waiting on a slow peer: no file answered for %.0f s (%d association(s) with files in flight)",
+                silent,
+                busy,
+            )
+        if self.on_wait and now - self._told_wait >= 1.0:
+            self._told_wait = now
+            self.on_wait(silent)
 
     def _mark_unsent(self) -> None:
         reason = "not sent: run interrupted" if self.report.interrupted else "not sent: run halted"

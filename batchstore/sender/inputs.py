@@ -7,7 +7,7 @@ import os
 import stat
 from collections.abc import Iterable, Iterator
 
-from ..dicom.part10 import ScanFailure
+from ..dicom.part10 import ScanFailure, not_regular_kind
 
 __all__ = ["iter_paths"]
 
@@ -49,8 +49,10 @@ def iter_paths(
         except OSError as exc:
             yield ScanFailure(arg, f"cannot access: {exc.strerror or exc}")
             continue
-        if not stat.S_ISDIR(st.st_mode):
+        if stat.S_ISREG(st.st_mode):
             yield arg
+        elif not stat.S_ISDIR(st.st_mode):  # a FIFO, socket or device named on the command line
+            yield ScanFailure(arg, f"not a regular file: {not_regular_kind(st.st_mode)}")
         elif not scan_directories:
             yield ScanFailure(arg, "is a directory; use +sd/--scan-directories")
         else:
@@ -90,6 +92,17 @@ def _scan_dir(
             continue
         elif is_file:
             yield path
-        elif entry.is_symlink():
+        elif entry.is_symlink() and not os.path.exists(path):
             yield ScanFailure(path, "broken symbolic link")
-        # sockets, FIFOs and devices are not candidates
+        else:  # a FIFO, socket or device: reported, never opened (opening a FIFO blocks)
+            yield ScanFailure(path, _not_regular(path))
+
+
+def _not_regular(path: str) -> str:
+    """Why `path`, which is neither a directory nor a regular file, cannot be sent ("not a regular file:
+    FIFO"). Reads the inode with stat, never opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot access: {exc.strerror or exc}"
+    return f"not a regular file: {not_regular_kind(mode)}"

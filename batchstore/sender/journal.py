@@ -6,6 +6,12 @@ with ``--journal FILE`` registers its inputs, skips those that are done and unch
 mtime), and journals outcomes in one transaction per chunk the coordinator receives. The database runs
 in WAL mode with ``synchronous=NORMAL``: a commit survives the death of the process (SIGKILL), not
 necessarily a power cut, and costs no fsync on the hot path.
+
+A journal is bound to one destination (called AE title, host, port: `Journal.bind_destination`). A run
+against another destination is refused (`DestinationMismatch`) unless the user asks for a fresh
+destination record: the old destination's outcomes are kept in ``retired_files`` and every file is
+pending again. Journals written before destinations existed are migrated when opened: they take the
+destination of their last run.
 """
 
 from __future__ import annotations
@@ -54,7 +60,27 @@ CREATE TABLE IF NOT EXISTS runs (
     interrupted INTEGER,
     exit_code INTEGER
 );
+CREATE TABLE IF NOT EXISTS destinations (
+    id INTEGER PRIMARY KEY,
+    called_ae TEXT NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL,
+    created REAL NOT NULL,
+    retired REAL
+);
+CREATE TABLE IF NOT EXISTS retired_files (
+    destination INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    category TEXT NOT NULL,
+    status INTEGER,
+    error TEXT NOT NULL DEFAULT '',
+    run INTEGER,
+    updated REAL
+);
 """
+
+#: Columns added to existing tables since the first journal format: (table, column, declaration).
+_MIGRATIONS = (("runs", "destination", "INTEGER"),)
 
 
 #: `Journal.record` commits when this many rows wait, or this long after the last commit.
@@ -64,6 +90,38 @@ COMMIT_SECONDS = 0.25
 
 class JournalError(Exception):
     """The journal file cannot be opened or is not a batchstore journal."""
+
+
+class DestinationMismatch(JournalError):
+    """The journal records another destination than this run's (a usage error: exit 2)."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a journal's files go: the called AE title, host and port."""
+
+    called_ae: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.called_ae}@{self.host}:{self.port}"
+
+    def same(self, other: Destination) -> bool:
+        return (self.called_ae.strip(), self.host.lower(), self.port) == (
+            other.called_ae.strip(),
+            other.host.lower(),
+            other.port,
+        )
+
+    @classmethod
+    def parse(cls, peer: str) -> Destination | None:
+        """``AE@host:port`` (a run's ``peer`` column) as a destination; None if it is not one."""
+        ae, at, rest = peer.partition("@")
+        host, colon, port = rest.rpartition(":")
+        if not (at and colon and host and port.isdigit()):
+            return None
+        return cls(ae, host, int(port))
 
 
 @dataclass(frozen=True)
@@ -77,6 +135,7 @@ class JournalSummary:
     pending: int
     runs: int
     last_run: dict | None
+    destination: str = ""
 
     @property
     def failed(self) -> int:
@@ -104,6 +163,8 @@ class JournalSummary:
                 f"Last run:              #{run['id']} to {run['peer']} at {started}: {run['files']} to send, "
                 f"{run['already_done']} already done; {state}"
             )
+        if self.destination:
+            lines.insert(0, f"Destination:           {self.destination}")
         if self.pending or self.failed_transient:
             lines.append("Not complete: run the same send command with this journal to resume.")
         elif self.failed_permanent:
@@ -141,8 +202,13 @@ class Journal:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
             self.db.executescript(_SCHEMA)
+            for table, column, declaration in _MIGRATIONS:
+                names = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+                if column not in names:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: not a batchstore journal ({exc})") from exc
+        self.destination_id: int | None = None
         self.run_id: int | None = None
         #: input path -> journal key, filled by `register` so `record` does not normalise every path again
         self._keys: dict[str, str] = {}
@@ -167,10 +233,82 @@ class Journal:
         finally:
             self.db.close()
 
+    # -- the destination --------------------------------------------------------------------------
+    def destination(self) -> tuple[int, Destination, float] | None:
+        """The journal's current destination: (id, destination, since when), or None if it has none."""
+        row = self.db.execute(
+            "SELECT id, called_ae, host, port, created FROM destinations WHERE retired IS NULL "
+            "ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        return int(row[0]), Destination(row[1], row[2], int(row[3])), float(row[4])
+
+    def bind_destination(self, destination: Destination, new: bool = False) -> int:
+        """Check that this run sends where the journal's files went; record the destination if it has none.
+
+        A journal without a destination (new, or written before destinations were recorded) takes the
+        destination of its last run, else this one. Against another destination the run is refused
+        (`DestinationMismatch`) unless `new`: then the old destination is retired (its outcomes are kept
+        in ``retired_files``), every file is pending again, and `destination` is recorded.
+
+        Returns the destination's id.
+        """
+        current = self.destination()
+        if current is None:
+            last = self.db.execute(
+                "SELECT peer, started FROM runs WHERE peer != '' ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            previous = Destination.parse(last[0]) if last else None
+            with self.db:
+                if previous is not None and not previous.same(destination):
+                    self._add_destination(previous, last[1])  # migrated: the destination it was used with
+                else:
+                    return self._add_destination(destination, time.time())
+            current = self.destination()
+            assert current is not None
+        ident, recorded, since = current
+        if recorded.same(destination):
+            self.destination_id = ident
+            return ident
+        if not new:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+            raise DestinationMismatch(
+                f"journal {self.path} records the files sent to {recorded} (since {when}); this run sends to "
+                f"{destination}. Nothing was sent: a file done there is not done here. Use another journal, "
+                "or --journal-new-destination to start a fresh destination record in this one (every file "
+                "is then sent again; the old record is kept)."
+            )
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("UPDATE destinations SET retired = ? WHERE id = ?", (now, ident))
+            self.db.execute(
+                "INSERT INTO retired_files (destination, path, category, status, error, run, updated) "
+                "SELECT ?, path, category, status, error, run, updated FROM files",
+                (ident,),
+            )
+            self.db.execute(
+                "UPDATE files SET category = 'pending', status = NULL, error = '', sent_ts = '', "
+                "attempts = 0, tries = 0"
+            )
+            return self._add_destination(destination, now)
+
+    def _add_destination(self, destination: Destination, since: float) -> int:
+        cur = self.db.execute(
+            "INSERT INTO destinations (called_ae, host, port, created) VALUES (?, ?, ?, ?)",
+            (destination.called_ae, destination.host, destination.port, since),
+        )
+        self.destination_id = int(cur.lastrowid or 0)
+        return self.destination_id
+
     # -- a run -----------------------------------------------------------------------------------
     def begin_run(self, peer: str) -> int:
         """Record the start of a run; outcomes recorded from now on name it."""
-        cur = self.db.execute("INSERT INTO runs (started, peer) VALUES (?, ?)", (time.time(), peer))
+        cur = self.db.execute(
+            "INSERT INTO runs (started, peer, destination) VALUES (?, ?, ?)",
+            (time.time(), peer, self.destination_id),
+        )
         self.run_id = int(cur.lastrowid or 0)
         return self.run_id
 
@@ -354,31 +492,55 @@ class Journal:
             pending=counts[PENDING] + counts[st.NOT_SENT],
             runs=runs,
             last_run=last,
+            destination=str(current[1]) if (current := self.destination()) else "",
         )
 
     def outcomes(self) -> list[Outcome]:
         """One `Outcome` per journaled file (its latest), for ``--report``; never-tried files are not-sent."""
+        return [outcome for outcome, _run, _updated in self._rows()]
+
+    def records(self, this_run: list[Outcome] | None = None) -> list[dict]:
+        """One report record per journaled file (every input of every run): its latest outcome, the run
+        that recorded it (``run``) and when (``recorded_at``, local ISO time). Outcomes of `this_run` give
+        their fuller records (association, context, duration) to the files they name."""
+        from .report import outcome_record
+
+        fuller = {journal_key(o.path): o for o in this_run or ()}
+        records = []
+        for outcome, run, updated in self._rows():
+            mine = fuller.get(outcome.path)
+            record = outcome_record(
+                mine if mine is not None and mine.category == outcome.category else outcome
+            )
+            record["path"] = outcome.path
+            record["run"] = run if run is not None else ""
+            record["recorded_at"] = (
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(updated)) if updated else ""
+            )
+            records.append(record)
+        return records
+
+    def _rows(self) -> list[tuple[Outcome, int | None, float | None]]:
         self.flush()
         result = []
         for row in self.db.execute(
             "SELECT path, sop_class_uid, sop_instance_uid, transfer_syntax, sent_ts, category, status, error, "
-            "attempts, size FROM files ORDER BY path"
+            "attempts, size, run, updated FROM files ORDER BY path"
         ):
             category = st.NOT_SENT if row[5] == PENDING else row[5]
-            result.append(
-                Outcome(
-                    path=row[0],
-                    sop_class_uid=row[1],
-                    sop_instance_uid=row[2],
-                    original_ts=row[3],
-                    sent_ts=row[4],
-                    category=category,
-                    status=row[6],
-                    error=row[7] or ("not sent yet" if row[5] == PENDING else ""),
-                    attempts=row[8],
-                    size=row[9],
-                )
+            outcome = Outcome(
+                path=row[0],
+                sop_class_uid=row[1],
+                sop_instance_uid=row[2],
+                original_ts=row[3],
+                sent_ts=row[4],
+                category=category,
+                status=row[6],
+                error=row[7] or ("not sent yet" if row[5] == PENDING else ""),
+                attempts=row[8],
+                size=row[9],
             )
+            result.append((outcome, row[10], row[11]))
         return result
 
     def categories(self) -> dict[str, str]:
@@ -393,6 +555,18 @@ class JournalReport(Report):
 
     journal_path: str = ""
     already_done: int = 0
+    run_id: int = 0
+
+    def records(self) -> list[dict]:
+        """Every input file of the journal (done in this run or before), with the run and time of its
+        latest outcome; read from the journal when the report is written."""
+        if not self.journal_path or not os.path.isfile(self.journal_path):
+            return super().records()
+        with Journal(self.journal_path, create=False) as journal:
+            return journal.records(self.outcomes)
+
+    def record_fields(self) -> list[str]:
+        return [*super().record_fields(), "run", "recorded_at"]
 
     def exit_code(self) -> int:
         if not self.interrupted and not self.outcomes and self.already_done:
@@ -412,9 +586,11 @@ class JournalReport(Report):
             lines.append(f"Resume with the same command: the journal {self.journal_path} is up to date.")
         return lines
 
-    def to_dict(self) -> dict:
-        data = super().to_dict()
+    def to_dict(self, records: list[dict] | None = None) -> dict:
+        data = super().to_dict(records)
         data["summary"]["already_done"] = self.already_done
         data["summary"]["journal"] = self.journal_path
+        data["summary"]["journal_run"] = self.run_id
+        data["summary"]["journal_files"] = len(data["files"])
         data["summary"]["exit_code"] = self.exit_code()
         return data

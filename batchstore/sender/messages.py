@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .outcomes import Attribution
 from .plan import Batch
 from .report import AssociationRecord, Outcome
 
@@ -19,6 +20,7 @@ __all__ = [
     "ConnectFailed",
     "GiveBack",
     "Halt",
+    "Later",
     "Ready",
     "Results",
     "RunBatch",
@@ -40,11 +42,13 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Results:
-    """A chunk of outcomes of batch `batch_index`, in the order the files were sent."""
+    """A chunk of outcomes of batch `batch_index`, in the order the files were sent; `failures` of them
+    were not delivered (the coordinator learns what the peer accepts without looking at every outcome)."""
 
     worker: int
     batch_index: int
     outcomes: list[Outcome]
+    failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +62,26 @@ class AssociationOpened:
 
 @dataclass(frozen=True, slots=True)
 class GiveBack:
-    """No association for a transient reason: the files of batch `batch_index` from `offset` on go back."""
+    """No association for a transient reason: the files of batch `batch_index` from `offset` on go back,
+    and those at the offsets in `deferred` (put aside after a transient failure, not retried yet)."""
 
     worker: int
     batch_index: int
     offset: int
     error: str
+    deferred: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """Files of batch `batch_index` (at `offsets`) failed the same transient way twice with no other file
+    sent around them: they go to the end of the queue with their failures (`first`), for a last retry
+    after other files, where the peer's record decides whose problem they are."""
+
+    worker: int
+    batch_index: int
+    offsets: tuple[int, ...]
+    first: tuple[Attribution, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +113,13 @@ class Bye:
 
 @dataclass(frozen=True, slots=True)
 class RunBatch:
-    """Send `batch`; its first file is file number `start_index` of the run (for ``+II`` numbering)."""
+    """Send `batch`; its first file is file number `start_index` of the run (for ``+II`` numbering).
+
+    `retry_of`: the files' earlier failures, for a batch of files sent back with `Later` (else empty)."""
 
     batch: Batch
     start_index: int
+    retry_of: tuple[Attribution, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,5 +139,5 @@ class Stop:
     """Nothing more to do: release the association and exit."""
 
 
-ToCoordinator = Ready | Results | AssociationOpened | GiveBack | ConnectFailed | Busy | Bye
+ToCoordinator = Ready | Results | AssociationOpened | GiveBack | Later | ConnectFailed | Busy | Bye
 ToWorker = RunBatch | Connect | Halt | Stop

@@ -3,11 +3,16 @@
 
 Every per-file result is one of `SUCCESS`, `WARNING`, `TRANSIENT` (retrying may help) or `PERMANENT`
 (retrying will not help), plus `NOT_SENT` for files a halted run never tried.
+
+A transient-looking failure is not always the peer's: `Attribution` holds what a worker knows about one
+file's first failure, and `repeats_for_file` decides whether its retry, failing the same way while the
+peer accepted other files, makes it the file's problem (permanent) rather than the peer's.
 """
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 
 from ..net.errors import NetError
 
@@ -114,3 +119,60 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror
     return text
+
+
+# --- learning from the peer: is a repeated failure the file's or the peer's? ------------------------------
+
+#: Appended to the error of a file whose failure repeated while the peer accepted other files.
+FILE_PROBLEM = "; again on retry while the peer accepted other files: this data set's problem, not the peer's"
+
+
+def failure_kind(status: int | None, exc: BaseException | None = None) -> str:
+    """What a transient failure looked like, to tell whether a retry failed "the same way".
+
+    ``"0xA700"`` (the status) for a transient DIMSE status; ``"dropped"`` when the association ended while
+    the file was being sent or waited for (A-ABORT, reset, EOF, timeout: the peer dropped it after this
+    data set); ``"error"`` otherwise.
+    """
+    if status is not None:
+        return f"0x{status:04X}"
+    if exc is not None and classify_error(exc) == TRANSIENT:
+        return "dropped"
+    return "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    """A file's first transient failure, put aside to be retried once after other files.
+
+    `emitted` and `failures` are the worker's counters when it failed: the files it had reported, and how
+    many of those had failed. Their differences at the retry give how many files the peer accepted in
+    between, without any bookkeeping for files that succeed. `previous_ok`: the file sent just before this
+    one was accepted.
+    """
+
+    kind: str
+    error: str
+    emitted: int
+    failures: int
+    previous_ok: bool
+    spent: float  # seconds this file has cost so far (its first attempt)
+    local: int = 0  # of `emitted`, how many never reached the peer (unreadable, failed the check, not sent)
+    attempts: int = 1
+    last_chance: bool = False  # sent back to the end of the queue (messages.Later): judged now
+
+
+def repeats_for_file(first: Attribution, kind: str, sent_since: int, accepted_since: int) -> bool:
+    """True when a retry failing with `kind` makes the failure the file's own (permanent).
+
+    The failure must repeat the same way (the same status, or the association dropped again after this
+    data set), and the peer must have accepted other files: some of the `sent_since` files reported
+    since the first failure (`accepted_since`), or, when nothing was sent in between (the file was the
+    last of its batch), the file just before it. A peer in trouble (every file gets 0xA7xx, resets
+    across files) accepts nothing in between: such files keep their transient retries with backoff.
+    """
+    if kind != first.kind or kind == "error":
+        return False
+    if sent_since:
+        return accepted_since > 0
+    return first.previous_ok

@@ -10,9 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..dicom.codecs import can_decode, can_encode
 from ..dicom.part10 import Instance
 from ..dicom.uids import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    MEDIA_STORAGE_DIRECTORY,
+    NATIVE_CONVERTIBLE,
     PROPOSAL_MODES,
+    is_lossy,
     is_native_convertible,
     is_uncompressed,
     sop_class_name,
@@ -27,12 +35,63 @@ __all__ = [
     "PlanOptions",
     "PresentationContextProposal",
     "choose_context",
+    "context_choices",
+    "conversion",
     "make_plan",
+    "no_context_reason",
     "proposal_for_sop_class",
 ]
 
 #: DICOM allows at most 128 presentation contexts per association (odd IDs 1..255).
 MAX_CONTEXTS = 128
+
+#: dcmsend's decompression policies (``--decompress-never``, ``--decompress-lossless``, ``--decompress-lossy``).
+DECOMPRESS_POLICIES = ("never", "lossless", "lossy")
+
+#: Native syntaxes to convert or decompress into, best first: explicit VR before implicit VR (big-endian
+#: files keep their VRs), little endian first.
+_NATIVE_PREFERENCE = {EXPLICIT_VR_LE: 0, EXPLICIT_VR_BE: 1, DEFLATED_EXPLICIT_VR_LE: 2, IMPLICIT_VR_LE: 3}
+
+DICOMDIR_REASON = (
+    "DICOMDIR: a media storage directory is an index of files, not an object to store; skipped "
+    "(+rd/--read-dicomdir sends the files it references)"
+)
+
+
+def conversion(file_ts: str, ts: str, compress_to: tuple[str, ...] = (), decompress: str = "lossless") -> str:
+    """How a file in `file_ts` can go out in `ts`: ``"as-is"``, ``"convert"``, ``"compress"``, ``"decompress"``.
+
+    Parameters
+    ----------
+    file_ts, ts : str
+        The file's own transfer syntax and a syntax a context proposes.
+    compress_to : tuple of str
+        The compressed (and deflated) syntaxes the user proposed (``-xs``, ``-xv``, ``-xd`` ...): only
+        these are compressed into, and only from uncompressed input; lossy ones only because they are here.
+    decompress : {"never", "lossless", "lossy"}
+        Which compressed files may be decompressed (dcmsend's policy; ``lossless`` by default).
+
+    Returns
+    -------
+    str
+        ``""`` when it cannot. No codec is imported: the tables are `codecs`'s.
+    """
+    if file_ts == ts:
+        return "as-is"
+    if file_ts in NATIVE_CONVERTIBLE:
+        if ts in NATIVE_CONVERTIBLE:
+            return "convert"
+        if ts in compress_to and can_encode(ts):
+            return "compress"
+        return ""
+    if (
+        ts in NATIVE_CONVERTIBLE
+        and ts != EXPLICIT_VR_BE
+        and can_decode(file_ts)
+        and (decompress == "lossy" or (decompress == "lossless" and not is_lossy(file_ts)))
+    ):
+        return "decompress"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -41,6 +100,10 @@ class ContextGroup:
 
     index: int
     contexts: tuple[PresentationContextProposal, ...]
+    #: the compressed/deflated syntaxes the user proposed (compressed into from uncompressed input)
+    compress_to: tuple[str, ...] = ()
+    #: dcmsend's decompression policy: "never", "lossless" (default) or "lossy"
+    decompress: str = "lossless"
 
     @property
     def sop_classes(self) -> tuple[str, ...]:
@@ -61,7 +124,8 @@ class ContextGroup:
         -------
         tuple of int
             First the contexts proposing the file's own syntax (it can go out as its own bytes), then
-            those proposing a syntax it can be converted to without a codec; proposal order within each.
+            those proposing a syntax it can be converted to (re-encoded, compressed as the user proposed,
+            or decompressed as the policy allows; see `conversion`); proposal order within each.
         """
         own: list[int] = []
         convertible: list[int] = []
@@ -70,7 +134,10 @@ class ContextGroup:
                 continue
             if transfer_syntax in pc.transfer_syntaxes:
                 own.append(pc.context_id)
-            elif any(is_native_convertible(transfer_syntax, ts) for ts in pc.transfer_syntaxes):
+            elif any(
+                conversion(transfer_syntax, ts, self.compress_to, self.decompress)
+                for ts in pc.transfer_syntaxes
+            ):
                 convertible.append(pc.context_id)
         return (*own, *convertible)
 
@@ -107,6 +174,9 @@ class PlanOptions:
         Presentation contexts per association (1..128).
     profile_contexts : tuple of PresentationContextProposal, optional
         The presentation contexts of an ``-xf`` profile; replaces the generated proposal.
+    decompress : {"never", "lossless", "lossy"}
+        dcmsend's ``--decompress-*`` policy: which compressed files may be decompressed when the peer
+        rejects their own syntax.
     """
 
     proposal: str = "uncompr"
@@ -116,6 +186,14 @@ class PlanOptions:
     batch_bytes: int = 64 * 2**20
     max_contexts: int = MAX_CONTEXTS
     profile_contexts: tuple[PresentationContextProposal, ...] | None = None
+    decompress: str = "lossless"
+
+    @property
+    def compress_to(self) -> tuple[str, ...]:
+        """The compressed and deflated syntaxes of the proposal mode: what the user asked to send in."""
+        if self.profile_contexts is not None:
+            return ()
+        return tuple(ts for ts in PROPOSAL_MODES.get(self.proposal, ()) if not is_uncompressed(ts))
 
 
 @dataclass(frozen=True)
@@ -127,6 +205,8 @@ class Plan:
     instance_count: int
     total_bytes: int
     unplannable: tuple[tuple[Instance, str], ...] = field(default=())
+    #: files not to send, with the reason (DICOMDIRs): reported as not sent, they do not halt the run
+    skipped: tuple[tuple[Instance, str], ...] = field(default=())
 
 
 def _uid_key(uid: str) -> tuple[int | str, ...]:
@@ -173,18 +253,30 @@ def proposal_for_sop_class(file_syntaxes: Iterable[str], options: PlanOptions) -
     ]
     if options.required:
         mode_lists = [
-            ts_list for ts_list in mode_lists if any(_usable(f, ts) for f in syntaxes for ts in ts_list)
+            ts_list
+            for ts_list in mode_lists
+            if any(_usable(f, ts, options) for f in syntaxes for ts in ts_list)
         ]
     lists.extend(mode_lists)
+    # A compressed file the policy lets us decompress needs an uncompressed fallback: add one when the
+    # mode has none (-xm, -xn ...), so that a peer rejecting the file's own syntax can still take it.
+    if not any(ts in NATIVE_CONVERTIBLE for ts_list in lists for ts in ts_list) and any(
+        conversion(f, EXPLICIT_VR_LE, (), options.decompress) == "decompress" for f in syntaxes
+    ):
+        lists.append((EXPLICIT_VR_LE, IMPLICIT_VR_LE))
     return lists
 
 
-def _usable(file_ts: str, ts: str) -> bool:
-    return file_ts == ts or is_native_convertible(file_ts, ts)
+def _usable(file_ts: str, ts: str, options: PlanOptions | None = None) -> bool:
+    if options is None:
+        return file_ts == ts or is_native_convertible(file_ts, ts)
+    return bool(conversion(file_ts, ts, options.compress_to, options.decompress))
 
 
 def _group_contexts(
-    per_class: Sequence[tuple[str, list[tuple[str, ...]]]], max_contexts: int
+    per_class: Sequence[tuple[str, list[tuple[str, ...]]]],
+    max_contexts: int,
+    options: PlanOptions | None = None,
 ) -> tuple[tuple[ContextGroup, ...], dict[str, int]]:
     """First-fit the SOP classes' context lists into groups of at most `max_contexts`."""
     bins: list[list[tuple[str, list[tuple[str, ...]]]]] = []
@@ -211,7 +303,10 @@ def _group_contexts(
             group_of[sop_class] = index
             for ts_list in lists:
                 contexts.append(PresentationContextProposal(2 * len(contexts) + 1, sop_class, ts_list))
-        groups.append(ContextGroup(index, tuple(contexts)))
+        if options is None:
+            groups.append(ContextGroup(index, tuple(contexts)))
+        else:
+            groups.append(ContextGroup(index, tuple(contexts), options.compress_to, options.decompress))
     return tuple(groups), group_of
 
 
@@ -236,9 +331,17 @@ def make_plan(instances: Iterable[Instance], options: PlanOptions | None = None)
         raise ValueError(f"max_contexts must be between 1 and {MAX_CONTEXTS}, not {options.max_contexts}")
     if options.batch_size < 1 or options.batch_bytes < 1:
         raise ValueError("batch_size and batch_bytes must be positive")
+    if options.decompress not in DECOMPRESS_POLICIES:
+        raise ValueError(
+            f"decompress must be one of {', '.join(DECOMPRESS_POLICIES)}, not {options.decompress!r}"
+        )
 
     by_key: dict[tuple[str, str], list[Instance]] = {}
+    skipped: list[tuple[Instance, str]] = []
     for inst in instances:
+        if inst.sop_class_uid == MEDIA_STORAGE_DIRECTORY:
+            skipped.append((inst, DICOMDIR_REASON))
+            continue
         by_key.setdefault((inst.sop_class_uid, inst.transfer_syntax), []).append(inst)
     syntaxes_of: dict[str, list[str]] = {}
     for sop_class, ts in by_key:
@@ -262,7 +365,7 @@ def make_plan(instances: Iterable[Instance], options: PlanOptions | None = None)
                 per_class.append((sop_class, lists))
         missing_why = f"in proposal mode {options.proposal!r}"
 
-    groups, group_of = _group_contexts(per_class, options.max_contexts)
+    groups, group_of = _group_contexts(per_class, options.max_contexts, options)
 
     keys = sorted(by_key, key=lambda k: (group_of.get(k[0], -1), _uid_key(k[0]), _uid_key(k[1])))
     batches: list[Batch] = []
@@ -285,7 +388,7 @@ def make_plan(instances: Iterable[Instance], options: PlanOptions | None = None)
             batches.append(Batch(len(batches), sop_class, ts, group, chunk, nbytes))
             count += len(chunk)
             total += nbytes
-    return Plan(tuple(batches), groups, count, total, tuple(unplannable))
+    return Plan(tuple(batches), groups, count, total, tuple(unplannable), tuple(skipped))
 
 
 def _cut(
@@ -303,15 +406,15 @@ def _cut(
         yield tuple(chunk), nbytes
 
 
-def choose_context(
+def context_choices(
     group: ContextGroup, sop_class: str, file_ts: str, accepted: Mapping[int, str]
-) -> tuple[int, str, str] | None:
-    """Pick the accepted presentation context to send a file on.
+) -> tuple[tuple[int, str, str], ...]:
+    """Every accepted presentation context a file could go out on, best first.
 
     Parameters
     ----------
     group : ContextGroup
-        The proposed contexts of the association.
+        The proposed contexts of the association (with the user's compression and decompression policy).
     sop_class : str
         The file's SOP class UID.
     file_ts : str
@@ -321,17 +424,57 @@ def choose_context(
 
     Returns
     -------
-    (context_id, transfer syntax to send in, "as-is" or "convert") or None
-        A context accepted with the file's own syntax wins; else, for an uncompressed (or deflated)
-        file, the first accepted context whose syntax it converts to. None if nothing fits, e.g. a
-        compressed file whose own transfer syntax the peer rejected.
+    tuple of (context_id, transfer syntax to send in, mode)
+        `mode` is ``"as-is"``, ``"convert"`` (re-encode a native data set), ``"compress"`` or
+        ``"decompress"``. Order: a compressed (or deflated) syntax the user proposed, for uncompressed
+        input, as storescu does with ``-xs``/``-xd`` ...; then the file's own syntax as is; then lossless
+        conversions and decompression into explicit VR before implicit VR. The caller tries them in
+        order: compressing falls back to the next when the file cannot be compressed (no pixel data,
+        a bit depth the codec lacks). Lossy compression only ever comes from `group.compress_to`.
     """
-    candidates = group.candidates(sop_class, file_ts)
-    for cid in candidates:
-        if accepted.get(cid) == file_ts:
-            return cid, file_ts, "as-is"
-    for cid in candidates:
+    ranked: list[tuple[int, int, tuple[int, str, str]]] = []
+    for order, cid in enumerate(group.candidates(sop_class, file_ts)):
         ts = accepted.get(cid)
-        if ts is not None and is_native_convertible(file_ts, ts):
-            return cid, ts, "convert"
-    return None
+        if ts is None:
+            continue
+        mode = conversion(file_ts, ts, group.compress_to, group.decompress)
+        if not mode:
+            continue
+        if ts in group.compress_to and mode in ("compress", "convert") and not is_uncompressed(ts):
+            rank = 0  # the user asked to send in this syntax
+        elif mode == "as-is":
+            rank = 1
+        else:
+            rank = 2 + _NATIVE_PREFERENCE.get(ts, 9)
+        ranked.append((rank, order, (cid, ts, mode)))
+    ranked.sort(key=lambda r: (r[0], r[1]))
+    seen: set[tuple[int, str]] = set()
+    choices: list[tuple[int, str, str]] = []
+    for _, _, choice in ranked:
+        if choice[:2] not in seen:
+            seen.add(choice[:2])
+            choices.append(choice)
+    return tuple(choices)
+
+
+def choose_context(
+    group: ContextGroup, sop_class: str, file_ts: str, accepted: Mapping[int, str]
+) -> tuple[int, str, str] | None:
+    """The first of `context_choices`, or None if nothing fits (e.g. a compressed file whose own transfer
+    syntax the peer rejected and that the policy does not let us decompress)."""
+    choices = context_choices(group, sop_class, file_ts, accepted)
+    return choices[0] if choices else None
+
+
+def no_context_reason(group: ContextGroup, file_ts: str) -> str:
+    """Why a file in `file_ts` has no accepted context: the error of its report record."""
+    reason = f"no accepted presentation context for {ts_name(file_ts)}"
+    if file_ts in NATIVE_CONVERTIBLE:
+        return reason
+    if not can_decode(file_ts):
+        return f"{reason} (no installed codec decodes it)"
+    if group.decompress == "never":
+        return f"{reason} (not decompressed: --decompress-never)"
+    if is_lossy(file_ts) and group.decompress != "lossy":
+        return f"{reason} (lossy compressed: --decompress-lossy allows decompressing it)"
+    return f"{reason}, nor an uncompressed little endian one to decompress it into"

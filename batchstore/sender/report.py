@@ -29,6 +29,10 @@ from .outcomes import NOT_SENT, PERMANENT, SUCCESS, TRANSIENT, WARNING
 if TYPE_CHECKING:
     from ..dicom.part10 import Instance
 
+#: A file deliberately not sent (a DICOMDIR: an index, not an object to store). Not a failure: it does
+#: not change the exit code, unless nothing else was there to send (exit 3, no input).
+SKIPPED = "skipped"
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -52,6 +56,7 @@ class Outcome:
     sop_instance_uid: str = ""
     original_ts: str = ""
     sent_ts: str = ""
+    pixels_decoded: bool = False  # compressed pixel data were decoded to send the file (issue 12)
     category: str = NOT_SENT  # status.SUCCESS / WARNING / TRANSIENT / PERMANENT / NOT_SENT
     status: int | None = None  # the DIMSE status of the C-STORE-RSP, when there was one
     error: str = ""
@@ -106,6 +111,8 @@ class Report:
     halted: bool = False
     retries: int = 0
     input_count: int = 0
+    slow_waits: int = 0  # times the run waited SLOW_PEER_SECONDS or more with no file answered
+    waited_s: float = 0.0  # seconds of those waits
 
     def counts(self) -> Counter:
         return Counter(o.category for o in self.outcomes)
@@ -124,7 +131,7 @@ class Report:
         c = self.counts()
         if self.interrupted:
             return EXIT_INTERRUPTED
-        if not self.outcomes:
+        if not self.outcomes or c[SKIPPED] == len(self.outcomes):
             return EXIT_NO_INPUT
         failed = c[TRANSIENT] + c[PERMANENT] + c[NOT_SENT]
         if failed == 0:
@@ -150,9 +157,15 @@ class Report:
             ("Failed, transient", c[TRANSIENT]),
             ("Failed, permanent", c[PERMANENT]),
             ("Not sent", c[NOT_SENT]),
+            ("Skipped (DICOMDIR)", c[SKIPPED]),
             ("Retries", self.retries),
         ]
         lines += [f"{label + ':':<23}{value}" for label, value in rows if value]
+        if self.slow_waits:
+            lines.append(
+                f"Waited on a slow peer: {self.waited_s:.1f} s in {self.slow_waits} stall(s) with files in "
+                "flight and none answered"
+            )
         lines.append(
             f"Elapsed:               {self.elapsed_s:.2f} s ({rate:.0f} files/s, "
             f"{mb / self.elapsed_s if self.elapsed_s > 0 else 0:.1f} MB/s)"
@@ -167,8 +180,12 @@ class Report:
             lines.append(f"{c[PERMANENT]} permanent failure(s): retrying will not help them.")
         return lines
 
-    def write(self, path: str) -> None:
-        """Write the per-file report as JSON (``.json``) or CSV (anything else), atomically."""
+    def write(self, path: str, records: list[dict] | None = None) -> None:
+        """Write the per-file report as JSON (``.json``) or CSV (anything else), atomically.
+
+        `records`: the per-file records to write (default `records()`)."""
+        if records is None:
+            records = self.records()
         directory = os.path.dirname(os.path.abspath(path))
         import tempfile
 
@@ -176,12 +193,11 @@ class Report:
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
                 if path.lower().endswith(".json"):
-                    json.dump(self.to_dict(), fh, indent=1)
+                    json.dump(self.to_dict(records), fh, indent=1)
                 else:
-                    writer = csv.DictWriter(fh, fieldnames=[f.name for f in fields(Outcome)])
+                    writer = csv.DictWriter(fh, fieldnames=self.record_fields())
                     writer.writeheader()
-                    for o in self.outcomes:
-                        writer.writerow(_record(o))
+                    writer.writerows(records)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -190,7 +206,7 @@ class Report:
                 pass
             raise
 
-    def to_dict(self) -> dict:
+    def to_dict(self, records: list[dict] | None = None) -> dict:
         c = self.counts()
         return {
             "summary": {
@@ -200,19 +216,35 @@ class Report:
                 "failed_transient": c[TRANSIENT],
                 "failed_permanent": c[PERMANENT],
                 "not_sent": c[NOT_SENT],
+                "skipped": c[SKIPPED],
                 "associations": len(self.associations),
                 "context_groups": self.context_groups,
                 "contexts_proposed": self.contexts_proposed,
                 "elapsed_s": round(self.elapsed_s, 3),
                 "bytes_sent": self.bytes_sent,
                 "retries": self.retries,
+                "slow_peer_waits": self.slow_waits,
+                "slow_peer_waited_s": round(self.waited_s, 3),
                 "halted": self.halted,
                 "interrupted": self.interrupted,
                 "exit_code": self.exit_code(),
             },
             "associations": [asdict(a) for a in self.associations],
-            "files": [_record(o) for o in self.outcomes],
+            "files": self.records() if records is None else records,
         }
+
+    def records(self) -> list[dict]:
+        """The report's per-file records (`outcome_record` of each outcome)."""
+        return [_record(o) for o in self.outcomes]
+
+    def record_fields(self) -> list[str]:
+        """The CSV columns of `records`."""
+        return [f.name for f in fields(Outcome)]
+
+
+def outcome_record(o: Outcome) -> dict:
+    """One file's record in the JSON/CSV report."""
+    return _record(o)
 
 
 def _record(o: Outcome) -> dict:
