@@ -83,9 +83,11 @@ def bad_corpus(root: Path, good: int = 20, each: int = 4) -> dict[str, list[Path
     return kinds
 
 
-#: The bound this corpus must be sent in: Orthanc's DicomScpTimeout is 30 s, the 12 bad files cost
-#: none of it (checked or attributed), the rest is a few seconds of a 2-core machine.
-ORTHANC_RUN_BOUND_S = 15.0
+#: The bound this corpus must be sent in: below Orthanc's DicomScpTimeout (30 s), so a single bad file that
+#: cost one Orthanc timeout fails the test; the 12 bad files cost none of it (checked or attributed). The run
+#: itself takes about 1.5 s; under a loaded CI machine one run in ~30 took 17 s (an Orthanc answer that
+#: stalled for over 5 s, reported as a slow peer), hence the margin.
+ORTHANC_RUN_BOUND_S = 25.0
 
 
 @pytest.mark.needs_orthanc
