@@ -18,7 +18,7 @@ from ..dicom.uids import PROPOSAL_FLAGS
 from ..net.acse import UserIdentity
 from ..sender.journal import DestinationMismatch, JournalError
 from ..sender.plan import PlanOptions
-from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
+from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from .common import input_options, logging_options, setup_logging, tls_options, tls_settings
 from .progress import Progress
 
@@ -44,7 +44,44 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
         raise click.BadParameter(f"cannot read {what} file {path}: {exc.strerror}") from exc
 
 
-@click.command("send", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+#: batchstore's own exit codes -> storescu 3.6.7's, for what fails before anything is sent
+#: (``--dcmtk-exit-codes``): storescu exits 1 for every usage and setup error.
+_DCMTK_EARLY_EXIT = {EXIT_USAGE: DCMTK_EXIT_ERROR, EXIT_ERROR: DCMTK_EXIT_ERROR}
+
+
+class _SendCommand(click.Command):
+    """``send`` with ``--dcmtk-exit-codes`` applied to usage errors as well: click exits 2 for those,
+    storescu 1."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["dcmtk_exit_codes"] = "--dcmtk-exit-codes" in args
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if ctx.meta["dcmtk_exit_codes"]:
+                exc.exit_code = DCMTK_EXIT_ERROR
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if ctx.meta.get("dcmtk_exit_codes"):
+                exc.exit_code = DCMTK_EXIT_ERROR
+            raise
+        except SystemExit as exc:
+            # before the run (a TLS setting, a journal bound elsewhere): batchstore's 1/2 -> storescu's 1
+            early = not ctx.meta.get("send_done") and isinstance(exc.code, int)
+            if early and ctx.meta.get("dcmtk_exit_codes") and exc.code in _DCMTK_EARLY_EXIT:
+                raise SystemExit(_DCMTK_EARLY_EXIT[int(exc.code)]) from None  # type: ignore[arg-type]
+            raise
+
+
+@click.command(
+    "send",
+    cls=_SendCommand,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.version_option(
     __version__, "--version", prog_name="batchstore", help="Print version information and exit."
 )
@@ -228,6 +265,12 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal)."
 )
+@click.option(
+    "--dcmtk-exit-codes",
+    is_flag=True,
+    help="Exit with the codes storescu 3.6.7 uses (1 for errors, a failure status' high byte, 10 for an "
+    "aborted association; 0 with -nh) instead of batchstore's own.",
+)
 @tls_options()
 @click.pass_context
 def command(ctx: click.Context, **kw: Any) -> None:
@@ -236,6 +279,8 @@ def command(ctx: click.Context, **kw: Any) -> None:
     PEER PORT DCMFILE-IN...: the peer's host name and port, and the files (or directories with +sd) to send.
     """
     setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    if kw["verbose_pc"] and not kw["quiet"]:
+        logging.getLogger("batchstore.contexts").setLevel(logging.INFO)  # +v: the proposal's notes (+C)
     files = list(kw["dcmfile_in"])
     if not files:
         raise click.UsageError("missing parameter DCMFILE-IN: no files or directories to send")
@@ -350,6 +395,9 @@ def command(ctx: click.Context, **kw: Any) -> None:
             if outcome.category in ("transient", "permanent"):
                 log.error("%s: %s", outcome.path, outcome.error)
         click.echo("\n".join(report.summary_lines()), err=True)
+    ctx.meta["send_done"] = True
+    if kw["dcmtk_exit_codes"]:
+        sys.exit(report.dcmtk_exit_code(halt_on_failure=not kw["no_halt"]))
     sys.exit(report.exit_code())
 
 

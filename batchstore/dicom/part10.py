@@ -221,7 +221,8 @@ def read_instance(path: str, read_mode: ReadMode | str = "auto") -> Instance | S
         File to read.
     read_mode : {"auto", "file-only", "dataset"}
         storescu's ``+f`` (file format, or a bare data set if there is no "DICM" prefix), ``+fo``
-        (file format only) and ``-f`` (a bare data set). A file that does have a preamble and
+        (file format only: a preamble and "DICM" prefix, or file meta information without them, as DCMTK
+        reads it) and ``-f`` (a bare data set). A file that does have a preamble and
         "DICM" prefix is read as file format in every mode: sending its meta information as part
         of the data set would corrupt it.
 
@@ -300,18 +301,19 @@ def _parse(path: str, src: Source, read_mode: str, st: os.stat_result) -> Instan
             return ScanFailure(path, str(exc))
     else:
         part10 = False
-        if read_mode == "file-only":
-            return ScanFailure(
-                path, "not a DICOM file format file (no DICM prefix; +fo/--read-file-only given)"
-            )
         offset = 0
         if head[:2] == b"\x02\x00" and _looks_explicit(head[4:6]):
-            # file meta information without the preamble: pydicom and DCMTK accept it
+            # file meta information without the preamble: pydicom and DCMTK accept it, DCMTK in every
+            # read mode (storescu +fo sends such a file: it is file format, only the preamble is missing)
             try:
                 meta, offset = _read_meta(src, 0)
             except WalkError:
                 meta, offset = {}, 0
             part10 = bool(meta)
+        if read_mode == "file-only" and not part10:
+            return ScanFailure(
+                path, "not a DICOM file format file (no DICM prefix; +fo/--read-file-only given)"
+            )
 
     ts = meta.get(0x0010, "")
     walk_src, walk_pos = src, offset

@@ -9,7 +9,12 @@ from collections.abc import Iterable, Iterator
 
 from ..dicom.part10 import ScanFailure, not_regular_kind
 
-__all__ = ["iter_paths"]
+__all__ = ["DIRECTORY_NOT_SCANNED", "iter_paths"]
+
+#: The reason `iter_paths` gives for a directory named without ``+sd``. storescu only warns about such a
+#: directory ("ignoring directory because option --scan-directories is not set") and sends the other
+#: files; `scan.scan` does the same with it.
+DIRECTORY_NOT_SCANNED = "is a directory; use +sd/--scan-directories"
 
 
 def iter_paths(
@@ -26,7 +31,7 @@ def iter_paths(
         Files and directories as given.
     scan_directories : bool
         ``+sd``: look for files in directory arguments. Without it a directory argument yields a
-        `ScanFailure` (storescu only warns and ignores it).
+        `ScanFailure` with reason `DIRECTORY_NOT_SCANNED` (`scan.scan` turns it into storescu's warning).
     recurse : bool
         ``+r``: also descend into subdirectories of scanned directories.
     pattern : str, optional
@@ -54,7 +59,7 @@ def iter_paths(
         elif not stat.S_ISDIR(st.st_mode):  # a FIFO, socket or device named on the command line
             yield ScanFailure(arg, f"not a regular file: {not_regular_kind(st.st_mode)}")
         elif not scan_directories:
-            yield ScanFailure(arg, "is a directory; use +sd/--scan-directories")
+            yield ScanFailure(arg, DIRECTORY_NOT_SCANNED)
         else:
             yield from _scan_dir(arg, recurse, pattern, {(st.st_dev, st.st_ino)})
 

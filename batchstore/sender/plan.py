@@ -7,6 +7,7 @@ splitting one SOP class's contexts.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -41,6 +42,9 @@ __all__ = [
     "no_context_reason",
     "proposal_for_sop_class",
 ]
+
+#: The logger of the ``+v`` notes about the proposal (``batchstore send +v`` sets it to INFO).
+contexts_log = logging.getLogger("batchstore.contexts")
 
 #: DICOM allows at most 128 presentation contexts per association (odd IDs 1..255).
 MAX_CONTEXTS = 128
@@ -267,6 +271,19 @@ def proposal_for_sop_class(file_syntaxes: Iterable[str], options: PlanOptions) -
     return lists
 
 
+def _note_combine_extras(sop_class: str, lists: list[tuple[str, ...]], options: PlanOptions) -> None:
+    """``+v``: say which contexts ``+C`` proposes besides the combined one (storescu proposes only that)."""
+    combined = PROPOSAL_MODES[options.proposal]
+    for ts_list in lists:
+        if len(ts_list) == 1 and ts_list != combined:  # a file's own syntax (not the decompression fallback)
+            contexts_log.info(
+                "+C: %s: also proposing %s in a context of its own, besides the combined one (storescu "
+                "proposes only the combined context), so that the files in it go out unchanged",
+                sop_class_name(sop_class),
+                ts_name(ts_list[0]),
+            )
+
+
 def _usable(file_ts: str, ts: str, options: PlanOptions | None = None) -> bool:
     if options is None:
         return file_ts == ts or is_native_convertible(file_ts, ts)
@@ -361,6 +378,8 @@ def make_plan(instances: Iterable[Instance], options: PlanOptions | None = None)
     else:
         for sop_class in sop_classes:
             lists = proposal_for_sop_class(syntaxes_of[sop_class], options)
+            if options.combine:
+                _note_combine_extras(sop_class, lists, options)
             if lists:
                 per_class.append((sop_class, lists))
         missing_why = f"in proposal mode {options.proposal!r}"

@@ -13,6 +13,13 @@ in the README and stable:
 9     nothing could be sent: there were files, none was delivered
 130   interrupted (Ctrl-C / SIGTERM) before the run completed
 ====  ===========================================================================
+
+`Report.dcmtk_exit_code` (``--dcmtk-exit-codes``) gives instead the code storescu 3.6.7 exits with in the
+same situation (found by running it): 0 when it ends normally, 1 for a usage error, no input file, an
+association that cannot be established (refused, rejected, no accepted context) and a failure that is
+not a DIMSE status; after a failure status the status' high byte (0xA700: 167, 0xA900: 169, 0xC000:
+192); 10 when the peer aborted the association during a store. With ``-nh`` storescu ignores failed
+files: 0, unless an association could not be established or was lost (1).
 """
 
 from __future__ import annotations
@@ -41,6 +48,11 @@ EXIT_SOME_FAILED_RETRYABLE = 5
 EXIT_SOME_FAILED = 6
 EXIT_NOTHING_SENT = 9
 EXIT_INTERRUPTED = 130
+
+#: storescu 3.6.7's exit codes (besides 0, 130 and a failure status' high byte): every fatal error.
+DCMTK_EXIT_ERROR = 1
+#: storescu 3.6.7: a store halted by a network failure (the peer aborted the association).
+DCMTK_EXIT_NETWORK = 10
 
 
 @dataclass
@@ -142,6 +154,31 @@ class Report:
             return EXIT_SOME_FAILED_RETRYABLE
         return EXIT_SOME_FAILED
 
+    def dcmtk_exit_code(self, halt_on_failure: bool = True) -> int:
+        """The code storescu 3.6.7 exits with for this run (``--dcmtk-exit-codes``; module docstring).
+
+        `halt_on_failure`: False with ``-nh``, where storescu exits 0 whatever the C-STORE statuses.
+        """
+        own = self.exit_code()
+        if own in (EXIT_OK, EXIT_INTERRUPTED):
+            return own
+        if own == EXIT_NO_INPUT:
+            return DCMTK_EXIT_ERROR  # "no input files to be sent"
+        failures = [o for o in self.outcomes if o.category in (TRANSIENT, PERMANENT)]
+        if self.associations and not any(a.accepted for a in self.associations):
+            return DCMTK_EXIT_ERROR  # "No Acceptable Presentation Contexts", with or without -nh
+        if not halt_on_failure:
+            # storescu -nh goes on after a failed file and exits 0, unless its association failed
+            return DCMTK_EXIT_ERROR if any(_association_lost(o) for o in failures) else EXIT_OK
+        if not failures:
+            return EXIT_OK
+        first = failures[0]  # storescu stops at its first failure and exits with what it was
+        if first.status is not None:
+            return (first.status >> 8) & 0xFF or DCMTK_EXIT_ERROR
+        if "aborted by peer" in first.error:
+            return DCMTK_EXIT_NETWORK
+        return DCMTK_EXIT_ERROR
+
     def summary_lines(self) -> list[str]:
         """The end summary: only the non-zero lines, rclone-style."""
         c = self.counts()
@@ -240,6 +277,16 @@ class Report:
     def record_fields(self) -> list[str]:
         """The CSV columns of `records`."""
         return [f.name for f in fields(Outcome)]
+
+
+def _association_lost(o: Outcome) -> bool:
+    """Whether failed outcome `o` is an association that could not be established or was lost (A-ABORT,
+    reset, timeout), rather than this file's own failure (a status, an unreadable file, no context)."""
+    if o.status is not None:
+        return False
+    if o.category == TRANSIENT:  # status-less transient failures are all network failures
+        return True
+    return (o.association == 0 and o.attempts > 0) or "again on retry" in o.error
 
 
 def outcome_record(o: Outcome) -> dict:

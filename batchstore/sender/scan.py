@@ -6,15 +6,18 @@ forked processes that send their results back through a pipe.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Iterable
 from typing import Final
 
 from ..dicom.part10 import Instance, ReadMode, ScanFailure, read_instance
-from .inputs import iter_paths
+from .inputs import DIRECTORY_NOT_SCANNED, iter_paths
 
 __all__ = ["MAX_SCAN_JOBS", "PARALLEL_SCAN_MIN", "scan", "scan_jobs"]
+
+log = logging.getLogger("batchstore")
 
 
 #: Below this many files the scan reads headers in one process: a fork and the pickled results cost
@@ -59,11 +62,18 @@ def scan(
     Returns
     -------
     (list of Instance, list of ScanFailure)
-        Readable files in input order, and everything that cannot be sent.
+        Readable files in input order, and everything that cannot be sent. A directory named without
+        `scan_directories` is neither: it is logged as a warning and left out, as storescu does.
     """
     if read_mode not in ("auto", "file-only", "dataset"):
         raise ValueError(f"unknown read mode {read_mode!r}")
-    items = list(iter_paths(inputs, scan_directories, recurse, pattern))
+    items: list[str | ScanFailure] = []
+    for item in iter_paths(inputs, scan_directories, recurse, pattern):
+        if isinstance(item, ScanFailure) and item.reason == DIRECTORY_NOT_SCANNED:
+            # storescu's warning, and no failure: the directory was never an input file (issue 18)
+            log.warning("ignoring directory because option --scan-directories is not set: %s", item.path)
+            continue
+        items.append(item)
     paths = [item for item in items if not isinstance(item, ScanFailure)]
     jobs = scan_jobs() if jobs is None else jobs
     if jobs > 1 and len(paths) >= PARALLEL_SCAN_MIN and hasattr(os, "fork"):
