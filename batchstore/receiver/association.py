@@ -179,9 +179,13 @@ class Association:
             self._send_abort(0 if exc.by_user else 2, exc.reason)
             outcome = "aborted"
         except TimeoutError as exc:
-            log.error("%s: aborting association", exc or "timeout")
-            self._send_abort(2, 0)
-            outcome = "aborted"
+            if self.request is None:  # no association yet: storescp closes without an A-ABORT
+                log.error("no complete A-ASSOCIATE-RQ from %s in time: closing", self.address[0])
+                outcome = "closed"
+            else:
+                log.error("%s: aborting association", exc or "timeout")
+                self._send_abort(2, 0)
+                outcome = "aborted"
         except ProtocolError as exc:
             log.error("protocol error: %s: aborting association", exc)
             self._send_abort(2, getattr(exc, "abort_reason", 0))
@@ -562,9 +566,12 @@ class Association:
                 result.comment or None,
             ),
         )
-        if self._exec_on_reception and (status == 0 or status & 0xF000 == 0xB000):
-            directory, name = os.path.split(result.path) if result.path else ("", "")
-            self.events.on_reception(directory, name, self.peer)
+        if status == 0 or status & 0xF000 == 0xB000:
+            if self._exec_on_reception:
+                directory, name = os.path.split(result.path) if result.path else ("", "")
+                self.events.on_reception(directory, name, self.peer)
+            if self.store.ended is not None:  # storescp: end of the previous study after -xcr
+                self.store.fire_ended()
         if options.sleep_after:
             time.sleep(options.sleep_after)
 

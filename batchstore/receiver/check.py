@@ -10,6 +10,7 @@ import struct
 
 from ..dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE, NATIVE_CONVERTIBLE
 from ..dicom.walk import read_elements
+from ..net.status import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, SUCCESS
 
 __all__ = [
     "TAG_PATIENT_NAME",
@@ -17,6 +18,7 @@ __all__ = [
     "TAG_SOP_INSTANCE_UID",
     "TAG_SPECIFIC_CHARACTER_SET",
     "TAG_STUDY_INSTANCE_UID",
+    "compare_uids",
     "read_elements",
 ]
 
@@ -64,3 +66,21 @@ def _encoding_of(transfer_syntax: str) -> tuple[bool, bool, bool]:
         return True, False, False
     return True, True, transfer_syntax == DEFLATED_EXPLICIT_VR_LE
 
+
+def compare_uids(expected_class: str, expected_instance: str, values: dict[int, str]) -> int:
+    """The C-STORE-RSP status for a data set whose UIDs (`values`, as read) should be the request's."""
+    sop_class = values.get(TAG_SOP_CLASS_UID)
+    sop_instance = values.get(TAG_SOP_INSTANCE_UID)
+    if sop_class is None or sop_instance is None:
+        log.error("bad DICOM file: no SOP Class/Instance UID in the data set of %s", expected_instance)
+        return CANNOT_UNDERSTAND
+    if sop_class != expected_class or sop_instance != expected_instance:
+        log.error(
+            "data set (%s, %s) does not match the C-STORE-RQ (%s, %s)",
+            sop_class,
+            sop_instance,
+            expected_class,
+            expected_instance,
+        )
+        return DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    return SUCCESS

@@ -81,7 +81,7 @@ def sanitize(value: str) -> str:
     return clean
 
 
-def expand(command: str, *, path: str = "", filename: str = "", peer: Peer | None = None) -> str:
+def expand(command: str, *, path: str = "", filename: str | None = "", peer: Peer | None = None) -> str:
     """Replace the placeholders of `command`, each value sanitised and shell-quoted.
 
     Parameters
@@ -91,20 +91,22 @@ def expand(command: str, *, path: str = "", filename: str = "", peer: Peer | Non
     path : str
         ``#p``: the directory the last object was stored in (paths are quoted, not sanitised: the operator
         chose the output directory; the parts a peer controls are sanitised where the path is built).
-    filename : str
-        ``#f``: the file name of the last object (empty with ``--ignore`` and for ``-xcs``).
+    filename : str or None
+        ``#f``: the file name of the last object (empty with ``--ignore``); None for ``-xcs``, where, as in
+        storescp, ``#f`` is left as it is (there is no single file at the end of a study).
     peer : Peer
         ``#a``, ``#c``, ``#r``.
     """
     peer = peer or Peer()
     values = {
         "#p": path,
-        "#f": filename,
         "#a": sanitize(peer.calling_ae),
         "#c": sanitize(peer.called_ae),
         "#r": sanitize(peer.address),
     }
-    return _PLACEHOLDER.sub(lambda m: shlex.quote(values[m.group(0)]), command)
+    if filename is not None:
+        values["#f"] = filename
+    return _PLACEHOLDER.sub(lambda m: shlex.quote(values[m[0]]) if m[0] in values else m[0], command)
 
 
 class EventRunner:
@@ -153,7 +155,7 @@ class EventRunner:
         if self.options.rename_on_eostudy:
             rename_study(study)
         if self.options.exec_on_eostudy:
-            self.run(expand(self.options.exec_on_eostudy, path=study.directory, peer=study.peer))
+            self.run(expand(self.options.exec_on_eostudy, path=study.directory, filename=None, peer=study.peer))
 
 
 def rename_study(study: Study) -> None:

@@ -165,7 +165,7 @@ class Gate:
         return True
 
     def expire(self, now: float) -> None:
-        """A-ABORT and close the incomplete connections whose deadline passed."""
+        """Close the incomplete connections whose deadline passed, without an A-ABORT, as storescp does."""
         for pending in [p for p in self.incomplete.values() if p.deadline and p.deadline <= now]:
             # what arrived meanwhile first (the server may have been busy with an association)
             if self.read(pending):
@@ -174,12 +174,13 @@ class Gate:
                 log.error("no TLS handshake from %s within %g s: closing", pending.address[0], self.timeout)
                 self._drop(pending, abort=False)
             elif pending.sock.fileno() in self.incomplete:
+                # storescp closes the connection without an A-ABORT here (no association exists yet)
                 log.error(
-                    "no complete A-ASSOCIATE-RQ from %s within %g s: aborting",
+                    "no complete A-ASSOCIATE-RQ from %s within %g s: closing",
                     pending.address[0],
                     self.timeout,
                 )
-                self._drop(pending, abort=True)
+                self._drop(pending, abort=False)
 
     def next_timeout(self, now: float) -> float | None:
         """Seconds until the earliest deadline (None: none)."""

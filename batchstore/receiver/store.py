@@ -44,6 +44,7 @@ from .check import (
     _decode_text,
     _encoding_of,
     _known_encoding,
+    compare_uids,
     read_elements,
 )
 from .events import Peer, Study
@@ -146,6 +147,9 @@ class Store:
         self.track_studies = track_studies or options.sort is not None
         self.on_end_of_study = on_end_of_study
         self.study: Study | None = None
+        #: a study that a new one ended, whose events wait until the new study's first object was answered
+        #: and its ``-xcr`` command run (storescp's order); see `fire_ended`
+        self.ended: Study | None = None
         self._counter = itertools.count(1)
         self._pid = os.getpid()
         self._made: set[str] = {self.root}
@@ -500,7 +504,7 @@ class Store:
             values[TAG_PATIENT_NAME] = _decode_text(
                 raw[TAG_PATIENT_NAME], raw.get(TAG_SPECIFIC_CHARACTER_SET)
             )
-        return self._compare(sop_class, sop_instance, values), values
+        return compare_uids(sop_class, sop_instance, values), values
 
     def _check_explicit_le(
         self, sop_class: str, sop_instance: str, dataset: bytes | memoryview
@@ -533,25 +537,7 @@ class Store:
                         return SUCCESS, values
                     break
             pos += length
-        return self._compare(sop_class, sop_instance, values), values
-
-    @staticmethod
-    def _compare(expected_class: str, expected_instance: str, values: dict[int, str]) -> int:
-        sop_class = values.get(TAG_SOP_CLASS_UID)
-        sop_instance = values.get(TAG_SOP_INSTANCE_UID)
-        if sop_class is None or sop_instance is None:
-            log.error("bad DICOM file: no SOP Class/Instance UID in the data set of %s", expected_instance)
-            return CANNOT_UNDERSTAND
-        if sop_class != expected_class or sop_instance != expected_instance:
-            log.error(
-                "data set (%s, %s) does not match the C-STORE-RQ (%s, %s)",
-                sop_class,
-                sop_instance,
-                expected_class,
-                expected_instance,
-            )
-            return DATA_SET_DOES_NOT_MATCH_SOP_CLASS
-        return SUCCESS
+        return compare_uids(sop_class, sop_instance, values), values
 
     # ---- naming
 
@@ -590,7 +576,11 @@ class Store:
         if self.study is not None and self.study.uid == study_uid:
             self.study = Study(study_uid, self.study.directory, peer, self.study.files)
             return self.study.directory
-        self.end_study()
+        if self.study is not None:
+            if self.ended is not None:  # the previous one never got its turn (a failed store in between)
+                self.fire_ended()
+            self.ended = self.study
+            self.study = None
         directory = self.root
         if options.sort is not None:
             if options.sort == "study-uid":
@@ -613,8 +603,22 @@ class Store:
         return directory
 
     def end_study(self) -> None:
-        """The current study is complete (a new one starts, or ``-tos`` expired): fire the event."""
+        """The current study is complete (``-tos`` expired): fire the events, a pending ended study first."""
+        if self.ended is not None:
+            self.fire_ended()
         study, self.study = self.study, None
+        self._end_of_study(study)
+
+    def fire_ended(self) -> None:
+        """Fire the events of the study a new one ended.
+
+        A new Study Instance UID ends the current study, but as in storescp its ``-rns``/``-xcs`` events run
+        only after the new study's first object was stored and its ``-xcr`` command run.
+        """
+        study, self.ended = self.ended, None
+        self._end_of_study(study)
+
+    def _end_of_study(self, study: Study | None) -> None:
         if study is not None and self.on_end_of_study is not None:
             try:
                 self.on_end_of_study(study)
@@ -633,4 +637,4 @@ class Store:
                 os.unlink(tmp2)
             except FileNotFoundError:
                 pass
-        return self._compare(inc.sop_class, inc.sop_instance, values), values
+        return compare_uids(inc.sop_class, inc.sop_instance, values), values

@@ -117,7 +117,8 @@ class StoreSCU:
         stream = PDUStream(sock) if opts.tls is None else _tls_stream(sock, opts)
         self.stream = stream
         try:
-            stream.settimeout(phase_timeout(opts.acse_timeout, opts.socket_timeout))
+            # the association reply is awaited for -ta alone, as storescu does (-ts bounds DIMSE reads)
+            stream.settimeout(opts.acse_timeout or opts.socket_timeout or None)
             request = acse.AssociationRequest(
                 calling_ae=opts.calling_ae,
                 called_ae=opts.called_ae,
