@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import struct
 
-from ..dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE, NATIVE_CONVERTIBLE
+from ..dicom.uids import NATIVE_CONVERTIBLE
 from ..dicom.walk import read_elements
 from ..net.status import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, SUCCESS
 
@@ -56,15 +56,6 @@ def _known_encoding(transfer_syntax: str) -> bool:
     return transfer_syntax in NATIVE_CONVERTIBLE or transfer_syntax.startswith(
         ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.98")
     )
-
-
-def _encoding_of(transfer_syntax: str) -> tuple[bool, bool, bool]:
-    """(explicit VR, little endian, deflated) of a transfer syntax; compressed ones are Explicit VR LE."""
-    if transfer_syntax == IMPLICIT_VR_LE:
-        return False, True, False
-    if transfer_syntax == EXPLICIT_VR_BE:
-        return True, False, False
-    return True, True, transfer_syntax == DEFLATED_EXPLICIT_VR_LE
 
 
 def compare_uids(expected_class: str, expected_instance: str, values: dict[int, str]) -> int:

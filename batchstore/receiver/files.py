@@ -215,16 +215,12 @@ class Refused:
 
 def fsync_directory(directory: str) -> None:
     """Sync `directory` itself: the names linked or renamed into it survive a power cut (``--fsync``)."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory, getattr(os, "O_DIRECTORY", 0))
 
 
-def fsync_path(path: str) -> None:
-    """Sync the file at `path` (written by another writer, pydicom's re-encoder) to stable storage."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+def fsync_path(path: str, flags: int = 0) -> None:
+    """Sync the file (or, with ``O_DIRECTORY`` in `flags`, the directory) at `path` to stable storage."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | flags)
     try:
         os.fsync(fd)
     finally:

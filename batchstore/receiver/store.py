@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ..dicom.meta import file_meta_parts
-from ..dicom.reencode import reencode_file
+from ..dicom.reencode import dataset_encoding, reencode_file
 from ..dicom.uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_LE, modality_prefix
 from ..net.status import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, SUCCESS
 from .check import (
@@ -42,7 +42,6 @@ from .check import (
     TAG_SPECIFIC_CHARACTER_SET,
     TAG_STUDY_INSTANCE_UID,
     _decode_text,
-    _encoding_of,
     _known_encoding,
     compare_uids,
     read_elements,
@@ -296,7 +295,7 @@ class Store:
     def _complete(self, inc: Incoming, peer: Peer) -> StoredFile:
         """A data set that went through a named temporary file: streamed, or to be re-encoded."""
         options = self.options
-        explicit, little, deflated = _encoding_of(inc.transfer_syntax)
+        explicit, little, deflated = dataset_encoding(inc.transfer_syntax)
         # 1. the bytes on disk (one write for a data set that stayed in memory)
         if inc.fd == _NOT_CREATED:
             data = b"".join(inc.parts)
@@ -365,7 +364,7 @@ class Store:
             status, values = self._check_explicit_le(sop_class, sop_instance, dataset)
         else:
             status, values = self._check(
-                sop_class, sop_instance, transfer_syntax, dataset, *_encoding_of(transfer_syntax)
+                sop_class, sop_instance, transfer_syntax, dataset, *dataset_encoding(transfer_syntax)
             )
         if status:  # answered with a failure: nothing under a final name
             return StoredFile(status, None, _CHECK_COMMENTS.get(status, "cannot store the data set"))

@@ -364,13 +364,21 @@ class StoreSCU:
 _TLS_CONTEXTS: dict[TLSOptions, Any] = {}
 
 
+def client_tls_context(options: TLSOptions) -> Any:
+    """This process's `ssl.SSLContext` for `options`, built on first use (both engines share it)."""
+    ctx = _TLS_CONTEXTS.get(options)
+    if ctx is None:
+        from ..net import tls  # ssl only when TLS is asked for
+
+        ctx = _TLS_CONTEXTS[options] = tls.client_context(options)
+    return ctx
+
+
 def _tls_stream(sock: socket.socket, opts: AssociationOptions) -> PDUStream:
     """The TLS handshake on a connected socket (bounded by -ta and -ts), and the stream over it."""
     from ..net import tls  # ssl only when TLS is asked for
 
     assert opts.tls is not None
-    ctx = _TLS_CONTEXTS.get(opts.tls)
-    if ctx is None:
-        ctx = _TLS_CONTEXTS[opts.tls] = tls.client_context(opts.tls)
+    ctx = client_tls_context(opts.tls)
     sock.settimeout(phase_timeout(opts.acse_timeout, opts.socket_timeout))
     return tls.TLSPDUStream(tls.wrap_client(sock, ctx, opts.tls))

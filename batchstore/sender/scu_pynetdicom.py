@@ -458,10 +458,6 @@ def _tls_args(opts: AssociationOptions) -> tuple[Any, str | None] | None:
     """pynetdicom's ``tls_args`` for ``+tls``/``+tla``: the same context the lean engine uses."""
     if opts.tls is None:
         return None
-    from ..net import tls
-    from .scu import _TLS_CONTEXTS
+    from .scu import client_tls_context
 
-    ctx = _TLS_CONTEXTS.get(opts.tls)
-    if ctx is None:
-        ctx = _TLS_CONTEXTS[opts.tls] = tls.client_context(opts.tls)
-    return ctx, opts.tls.request_sni
+    return client_tls_context(opts.tls), opts.tls.request_sni
