@@ -44,6 +44,7 @@ import bench_receive_limits
 import bench_scaling
 import bench_scan
 import bench_send
+import bench_small
 import bench_tls
 import bench_transcode
 import psutil
@@ -62,6 +63,7 @@ BENCHMARKS = {
     "tls": bench_tls.run,
     "pacs": bench_pacs.run,  # pydicom's test files to Orthanc vs storescu
     "transcode": bench_transcode.run,  # decompressing for an uncompressed-only peer vs dcmsend
+    "small": bench_small.run,  # 100-file send end to end, first C-STORE, one-file associations received
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pynetdicom import pdu as pn_pdu
 from pynetdicom import pdu_primitives as pn_prim
 from pynetdicom.presentation import PresentationContext
@@ -85,3 +86,55 @@ def test_implementation_class_uid_is_the_documented_uuid() -> None:
     expected = "2.25." + str(uuid.UUID("6d1c6a51-36c4-4f6e-9a43-8c2b7f1d0b5e").int)
     assert acse.IMPLEMENTATION_CLASS_UID == expected
     assert len(expected) <= 64
+
+
+def _pynetdicom_accept(
+    request: acse.AssociationRequest,
+    results: dict[int, tuple[int, str]],
+    max_pdu: int,
+    user_identity_response: bytes | None = None,
+    ae_title: str | None = None,
+) -> bytes:
+    """The A-ASSOCIATE-AC body pynetdicom encodes for the same answer: the reference for `encode_accept`."""
+    prim = pn_prim.A_ASSOCIATE()
+    prim.application_context_name = acse.APPLICATION_CONTEXT
+    prim.calling_ae_title = request.calling_ae or "ANY"
+    prim.called_ae_title = ae_title or request.called_ae or "ANY"
+    for context_id, (result, ts) in sorted(results.items()):
+        pc = PresentationContext()
+        pc.context_id = context_id
+        pc.result = result
+        pc.transfer_syntax = [ts or "1.2.840.10008.1.2"]
+        prim.presentation_context_definition_results_list.append(pc)
+    max_len = pn_prim.MaximumLengthNotification()
+    max_len.maximum_length_received = max_pdu
+    impl = pn_prim.ImplementationClassUIDNotification()
+    impl.implementation_class_uid = acse.IMPLEMENTATION_CLASS_UID
+    version = pn_prim.ImplementationVersionNameNotification()
+    version.implementation_version_name = acse.IMPLEMENTATION_VERSION_NAME
+    items: list[object] = [max_len, impl, version]
+    if user_identity_response is not None:
+        ident = pn_prim.UserIdentityNegotiation()
+        ident.server_response = user_identity_response
+        items.append(ident)
+    prim.user_information = items
+    pdu = pn_pdu.A_ASSOCIATE_AC()
+    pdu.from_primitive(prim)
+    return bytes(pdu.encode()[6:])
+
+
+@pytest.mark.parametrize(
+    ("results", "max_pdu", "identity", "ae_title"),
+    [
+        ({1: (acse.PC_ACCEPTANCE, LEE)}, 16384, None, None),
+        ({1: (0, LEE), 3: (4, ""), 5: (3, LEI), 7: (0, "1.2.840.10008.1.2.4.50")}, 0, None, "STORESCP"),
+        ({1: (0, LEI)}, 4294967295, b"", None),
+        ({9: (0, LEE), 1: (1, LEI)}, 32768, b"server-token-of-some-length", "A"),
+    ],
+)
+def test_accept_matches_pynetdicom_byte_for_byte(
+    results: dict[int, tuple[int, str]], max_pdu: int, identity: bytes | None, ae_title: str | None
+) -> None:
+    request = acse.AssociationRequest("CALLING", "CALLED", ((1, CT, (LEE,)),), max_pdu=16384)
+    ours = acse.encode_accept(request, results, max_pdu, user_identity_response=identity, ae_title=ae_title)
+    assert ours == _pynetdicom_accept(request, results, max_pdu, identity, ae_title)

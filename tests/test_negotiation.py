@@ -42,3 +42,28 @@ def test_retired_storage_classes_accepted_as_storescp_does(storescp, tmp_path: P
         ours = accepted(rx.port)
     assert theirs == [True, True, True, False]
     assert ours == theirs
+
+
+def test_static_storage_sop_classes_equal_pynetdicoms() -> None:
+    """`dicom.sopclasses` is pynetdicom's table written out; an upgrade that changes it fails here
+    (regenerate with ``python scripts/gen_sop_classes.py``)."""
+    from pynetdicom.sop_class import _STORAGE_CLASSES
+
+    from batchstore.dicom.sopclasses import STORAGE_CLASSES
+
+    assert STORAGE_CLASSES == {str(uid): name for name, uid in _STORAGE_CLASSES.items()}
+
+
+def test_receiver_parent_does_not_load_pynetdicom_pydicom_or_numpy() -> None:
+    """The forking parent's size is what every association's fork copies: 24 MB without them, 82 MB with."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, batchstore.cli.receive, batchstore.receiver.server as s;"
+        "from batchstore.receiver.options import ReceiveOptions;"
+        "s.make_negotiator(ReceiveOptions(promiscuous=True));"
+        "print(sorted(m for m in ('pydicom', 'pynetdicom', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -266,11 +266,11 @@ MEDIA_STORAGE_DIRECTORY: Final = "1.2.840.10008.1.3.10"
 def storage_sop_classes() -> MappingProxyType[str, str]:
     """Every storage SOP class pynetdicom knows: UID -> pynetdicom/pydicom keyword (``CTImageStorage``).
 
-    Built on first use: importing pynetdicom costs ~0.35 s, which the send path does not pay.
+    A static copy of pynetdicom's table (`dicom.sopclasses`): neither side imports pynetdicom to know it.
     """
-    from pynetdicom.sop_class import _STORAGE_CLASSES  # the only complete name -> UID table pynetdicom has
+    from .sopclasses import STORAGE_CLASSES
 
-    return MappingProxyType({str(uid): name for name, uid in _STORAGE_CLASSES.items()})
+    return MappingProxyType(STORAGE_CLASSES)
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,7 @@ finish (exit 0); SIGINT stops at once, killing the children (exit 130).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import select
@@ -348,6 +349,9 @@ class Server:
     def _fork_loop(self, listener: socket.socket) -> int:
         limit = association_limit(self.options)
         selector, gate = self._stage(listener)
+        # what exists now is shared with every child: out of the collector's sight, a child's collection
+        # neither walks nor copies it (docs/design.md, "Small runs")
+        gc.freeze()
         try:
             while not self.stopping and not self.interrupted:
                 self._reap()
