@@ -66,13 +66,21 @@ def _batchstore(port: int, corpus: Path, workers: int, extra: list[str] | None =
 
 
 def send_to_storescp(
-    cmd_for_port, env: dict[str, str], out: Path, expected: int, *, peer_nodelay: bool, scp_args: list[str]
+    cmd_for_port,
+    env: dict[str, str],
+    out: Path,
+    expected: int,
+    *,
+    peer_nodelay: bool,
+    scp_args: list[str],
+    cpu: list[float] | None = None,
 ) -> float:
-    """Start a fresh ``storescp --fork`` (+ ``scp_args``), run the sender, check every file arrived."""
+    """Start a fresh ``storescp --fork`` (+ ``scp_args``), run the sender, check every file arrived
+    (``cpu``: append the sender's CPU seconds)."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     with DcmtkStorescp(["--fork", *scp_args], out_dir=out, nodelay=peer_nodelay, verbose=False) as scp:
-        seconds = run_timed(cmd_for_port(scp.port), env)
+        seconds = run_timed(cmd_for_port(scp.port), env, cpu=cpu)
         arrived = wait_count(out, expected)
     shutil.rmtree(out, ignore_errors=True)
     if arrived != expected:

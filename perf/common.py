@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -91,8 +92,13 @@ def batchstore_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "batchstore", *args]
 
 
-def run_timed(cmd: Sequence[str], env: dict[str, str], timeout: float = 600.0) -> float:
-    """Run ``cmd`` to completion; its wall seconds. Raises with the tail of stderr on a non-zero exit."""
+def run_timed(
+    cmd: Sequence[str], env: dict[str, str], timeout: float = 600.0, cpu: list[float] | None = None
+) -> float:
+    """Run ``cmd`` to completion; its wall seconds. Raises with the tail of stderr on a non-zero exit.
+
+    ``cpu``: append the CPU seconds (user + system) of ``cmd`` and the children it waited for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         list(cmd),
@@ -105,6 +111,9 @@ def run_timed(cmd: Sequence[str], env: dict[str, str], timeout: float = 600.0) -
         timeout=timeout,
     )
     elapsed = time.perf_counter() - start
+    if cpu is not None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])} ... exited {proc.returncode}: {proc.stderr[-2000:]}")
     return elapsed
