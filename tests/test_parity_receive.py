@@ -230,3 +230,15 @@ def test_association_reply_wait_is_ta_as_storescu(tmp_path: Path) -> None:
     assert ours.returncode != 0, ours.stderr
     assert 2.7 < their_time < 5
     assert 2.7 < our_time < 6
+
+
+def test_verbose_pc_needs_verbose_mode_as_in_storescp(tmp_path: Path) -> None:
+    """``+v`` alone: storescp refuses it before listening; so does batchstore receive (usage error)."""
+    from peers import free_port
+
+    port = str(free_port())
+    dcmtk = subprocess.run([str(DCMTK_BIN_DIR / "storescp"), "+v", port], capture_output=True, text=True, timeout=30)
+    ours = subprocess.run([sys.executable, "-m", "batchstore", "receive", "+v", "-od", str(tmp_path), port],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert dcmtk.returncode != 0 and "verbose-pc only allowed with verbose mode" in dcmtk.stderr + dcmtk.stdout
+    assert ours.returncode == 2 and "verbose-pc only allowed with verbose mode" in ours.stderr

@@ -147,6 +147,7 @@ def test_exit_codes_before_sending(storescp: StartScp, files: list[Path], tmp_pa
         ([], ["127.0.0.1"], []),  # no port, no file
         ([], ["127.0.0.1", port], [tmp_path / "absent.dcm", *files]),  # halts before connecting
         ([], ["127.0.0.1", closed], files),
+        (["+v"], ["127.0.0.1", port], files),  # --verbose-pc without verbose mode
     ]
     for args, host_port, paths in cases:
         dcmtk = subprocess.run(

@@ -86,3 +86,16 @@ def test_rename_never_overwrites_an_existing_done_or_bad(
     assert sent.read_bytes() == b"new a.dcm" and failed.read_bytes() == b"new b.dcm"  # left as they are
     assert not fresh.exists() and (tmp_path / "c.dcm.done").read_bytes() == b"new c.dcm"
     assert sum("already exists" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_retries_counts_the_retries_that_happened(tmp_path: Path, retries: int) -> None:
+    """Nobody listens: one worker tries `retries` + 1 associations, so `retries` retries, not one more."""
+    from peers import free_port
+
+    generate(str(tmp_path / "c"), 3, seed=11, profile="uniform", size=512)
+    report = batchstore.send([str(tmp_path / "c")], "127.0.0.1", free_port(), scan_directories=True,
+                             recurse=True, workers=1, retries=retries, retry_wait=0.01)
+    assert report.retries == retries
+    assert report.counts()[st.SUCCESS] == 0 and report.exit_code() != 0
+    assert ("Retries:" in "\n".join(report.summary_lines())) == (retries > 0)

@@ -289,6 +289,12 @@ def setup_logging(
     return level
 
 
+def require_verbose_for_pc(verbose_pc: bool, level: int, log_config: str | None) -> None:
+    """``+v`` shows presentation contexts in verbose mode: without it, a usage error, as in DCMTK."""
+    if verbose_pc and not log_config and level > logging.INFO:
+        raise click.UsageError("+v/--verbose-pc only allowed with verbose mode (-v, -d or -ll info/debug/trace)")
+
+
 def _configure_from_file(path: str) -> None:
     """``-lc FILE``: a Python `logging.config` file; anything else ends the run with one line, exit 2.
 

@@ -18,7 +18,7 @@ from .. import __version__
 from ..receiver.events import EventOptions
 from ..receiver.options import DEFAULT_MAX_ASSOCIATIONS, ReceiveOptions, StorageOptions, validate
 from ..receiver.server import serve
-from .common import logging_options, setup_logging, tls_options, tls_settings
+from .common import logging_options, require_verbose_for_pc, setup_logging, tls_options, tls_settings
 
 log = logging.getLogger("batchstore")
 
@@ -325,7 +325,8 @@ def command(ctx: click.Context, port: int | None, **kw: Any) -> None:
 
     Each option has its storescp spelling; ``--fork`` runs every association in a process of its own.
     """
-    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    level = setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    require_verbose_for_pc(kw["verbose_pc"], level, kw["log_config"])
     try:
         options = build_options(ctx, port, kw)
         validate(options)

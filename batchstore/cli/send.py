@@ -19,7 +19,14 @@ from ..net.acse import UserIdentity
 from ..sender.journal import DestinationMismatch, JournalError
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
-from .common import input_options, logging_options, setup_logging, tls_options, tls_settings
+from .common import (
+    input_options,
+    logging_options,
+    require_verbose_for_pc,
+    setup_logging,
+    tls_options,
+    tls_settings,
+)
 from .progress import Progress
 
 log = logging.getLogger("batchstore")
@@ -278,7 +285,8 @@ def command(ctx: click.Context, **kw: Any) -> None:
 
     PEER PORT DCMFILE-IN...: the peer's host name and port, and the files (or directories with +sd) to send.
     """
-    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    level = setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    require_verbose_for_pc(kw["verbose_pc"], level, kw["log_config"])
     if kw["verbose_pc"] and not kw["quiet"]:
         logging.getLogger("batchstore.contexts").setLevel(logging.INFO)  # +v: the proposal's notes (+C)
     files = list(kw["dcmfile_in"])

@@ -248,7 +248,8 @@ class Coordinator:
             # Nobody is connected and the retries are spent: the peer is unreachable. Fail what is left
             # now (transient: a resume with --journal sends it) rather than retrying batch after batch.
             self._fail_queued(wid, f"association failed: {error}", slot.assoc_failures)
-        self.report.retries += 1
+        if not (transient and not others and slot.assoc_failures > self.config.retries):
+            self.report.retries += 1  # a retry follows (none does once the retries are spent)
         slot.parked_until = time.monotonic() + backoff(min(slot.assoc_failures, 8), self.config.retry_wait)
 
     def _give_back(
