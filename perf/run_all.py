@@ -4,7 +4,7 @@
 Benchmarks, in order (each is also runnable alone, see its docstring):
 
 - ``send``     (bench_send.py):    batchstore send -j 2 vs storescu: 5,000 x 1 KB and 1,000 x 513 KB to
-  storescp --fork (fair: TCP_NODELAY=1), 200 x 1 KB to a storescp and an Orthanc that keep Nagle on
+  storescp --fork (fair: TCP_NODELAY=1; 513 KB also with the receiver on a disk), 200 x 1 KB to a storescp and an Orthanc that keep Nagle on
   (storescu as deployed, and with TCP_NODELAY=1 for information).
 - ``engines``  (bench_engines.py): the same 2,000 x 1 KB and 300 x 513 KB to storescp --fork from storescu,
   batchstore send --engine batchstore and --engine pynetdicom, -j 1 and -j 2 (report only, no target).
@@ -14,6 +14,10 @@ Benchmarks, in order (each is also runnable alone, see its docstring):
 - ``parser``   (bench_parser.py):  the scan's header parser vs pydicom.dcmread(stop_before_pixels=True) and
   read_file_meta_info, in process, us per file (report only, no target).
 - ``memory``   (bench_memory.py):  peak RSS while sending / receiving one 1 GB file.
+- ``tls``, ``pacs``, ``transcode``: TLS sends and receives, pydicom's test files to Orthanc, decompressing
+  for an uncompressed-only peer (each against its DCMTK anchor).
+- ``small``    (bench_small.py):   100 x 1 KB sent end to end and the first C-STORE's time; 100 one-file
+  associations into each --fork receiver.
 
 Usage: ``python perf/run_all.py [--quick] [--only send,receive,...] [--work DIR]``. ``--quick`` runs about a
 tenth of every size (a smoke run; its ratios are dominated by start-up costs and its targets are not
