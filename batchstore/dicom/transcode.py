@@ -15,8 +15,9 @@ on an odd fragment).
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .uids import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -215,6 +216,82 @@ def _write(ds: Dataset, target_ts: str) -> bytes:
 _PIXEL_DATA = 0x7FE00010
 
 
+class DecodedPixels:
+    """The pixel data of a data set being decompressed: `count` frames of `frame_size` bytes each, and
+    `frames`, each frame's bytes (flat uint8 arrays, one held at a time). See `start_decoding`."""
+
+    def __init__(self, frame_size: int, count: int, frames: Iterator[Any]) -> None:
+        self.frame_size = frame_size
+        self.count = count
+        self.frames = frames
+        self.total = frame_size * count
+
+    def write_into(self, view: memoryview) -> None:
+        """Write every frame, one after the other, into `view` (at least `total` bytes long)."""
+        import numpy as np
+
+        pos = 0
+        done = 0
+        for arr in self.frames:
+            if done == self.count:
+                raise ValueError(f"the decoder gave more frames than Number of Frames ({self.count})")
+            flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+            if flat.nbytes != self.frame_size:
+                raise ValueError("decoded frames differ in size")
+            view[pos : pos + self.frame_size] = flat.data
+            pos += self.frame_size
+            done += 1
+        if done != self.count:
+            raise ValueError(f"decoded {done} of {self.count} frames")
+
+
+#: Elements that describe encapsulated pixel data only, dropped when it is decompressed.
+_ENCAPSULATION_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table, Extended Offset Table Lengths
+
+
+def start_decoding(ds: Dataset, source_ts: str) -> DecodedPixels:
+    """Decode the first frame of `ds`'s compressed pixel data and describe the rest.
+
+    `ds` is updated for the decoded pixels: Photometric Interpretation and Planar Configuration as the
+    decoder gives them (YCbCr comes out as RGB), Lossy Image Compression kept "01" for a lossy source,
+    the elements of encapsulation only removed. Its Pixel Data element is not touched.
+
+    Raises
+    ------
+    ValueError, RuntimeError
+        No plugin decodes it, or it decodes to more than an element can hold.
+    """
+    from .codecs import iter_decoded_frames, lossy_method, mark_lossy
+
+    frames = iter_decoded_frames(ds, source_ts)
+    first, info = next(frames)
+    count = int(ds.get("NumberOfFrames") or 1)
+    decoded = DecodedPixels(first.nbytes, count, _chain(first, (a for a, _ in frames)))
+    if decoded.total >= 2**32 - 2:
+        raise ValueError("decoded pixel data longer than a DICOM element can hold")
+    ds.PhotometricInterpretation = info["photometric_interpretation"]
+    if int(info.get("samples_per_pixel", 1)) > 1:
+        ds.PlanarConfiguration = int(info.get("planar_configuration", 0))
+    if is_lossy(source_ts):
+        mark_lossy(ds, lossy_method(source_ts), None)  # the data stay lossy; keep saying so
+    for tag in _ENCAPSULATION_ONLY:
+        if tag in ds:
+            del ds[tag]
+    return decoded
+
+
+def decompress_in_place(ds: Dataset, source_ts: str) -> None:
+    """Replace `ds`'s compressed pixel data by the decoded pixels (native, little endian, padded to an
+    even length; OB up to 8 bits allocated, OW above), with the attributes `start_decoding` sets."""
+    decoded = start_decoding(ds, source_ts)
+    buf = bytearray(decoded.total + decoded.total % 2)
+    decoded.write_into(memoryview(buf))
+    ds.PixelData = bytes(buf)
+    elem = ds["PixelData"]
+    elem.VR = "OB" if int(ds.get("BitsAllocated", 8)) <= 8 else "OW"
+    elem.is_undefined_length = False
+
+
 def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
     """Decode `ds`'s pixel data frame by frame into one buffer holding the whole re-encoded data set.
 
@@ -222,25 +299,11 @@ def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
     """
     import struct
 
-    import numpy as np
     from pydicom.dataset import Dataset
-
-    from .codecs import iter_decoded_frames, lossy_method, mark_lossy
 
     if target_ts == EXPLICIT_VR_BE:
         raise ValueError("decompressing into big endian is not supported; propose little endian")
-    frames = iter_decoded_frames(ds, source_ts)
-    first, info = next(frames)
-    count = int(ds.get("NumberOfFrames") or 1)
-    frame_size = first.nbytes
-    total = frame_size * count
-    if total >= 2**32 - 2:
-        raise ValueError("decoded pixel data longer than a DICOM element can hold")
-    ds.PhotometricInterpretation = info["photometric_interpretation"]
-    if int(info.get("samples_per_pixel", 1)) > 1:
-        ds.PlanarConfiguration = int(info.get("planar_configuration", 0))
-    if is_lossy(source_ts):
-        mark_lossy(ds, lossy_method(source_ts), None)  # the data stay lossy; keep saying so
+    decoded = start_decoding(ds, source_ts)
     head_ds, tail_ds = Dataset(), Dataset()
     for elem in ds:
         if elem.tag < _PIXEL_DATA:
@@ -249,6 +312,7 @@ def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
             tail_ds.add(elem)
     head = _write(head_ds, target_ts)
     tail = _write(tail_ds, target_ts) if len(tail_ds) else b""
+    total = decoded.total
     pad = total % 2
     length = total + pad
     if target_ts == IMPLICIT_VR_LE:
@@ -260,24 +324,11 @@ def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
     buf = bytearray(start + length + len(tail))
     buf[: len(head)] = head
     buf[len(head) : start] = element
-    view = memoryview(buf)
-    pos = start
-    done = 0
-    for arr in _chain(first, (a for a, _ in frames)):
-        if done == count:
-            raise ValueError(f"the decoder gave more frames than Number of Frames ({count})")
-        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-        if flat.nbytes != frame_size:
-            raise ValueError("decoded frames differ in size")
-        view[pos : pos + frame_size] = flat.data
-        pos += frame_size
-        done += 1
-    if done != count:
-        raise ValueError(f"decoded {done} of {count} frames")
+    decoded.write_into(memoryview(buf)[start : start + total])
     buf[start + length :] = tail
     return buf
 
 
-def _chain(first, rest):  # type: ignore[no-untyped-def]
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield first
     yield from rest
