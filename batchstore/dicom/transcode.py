@@ -14,6 +14,7 @@ on an odd fragment).
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,6 +168,14 @@ def encode_dataset(
     from .codecs import encode_pixels
 
     edits = edits or EditOptions()
+    decompress = is_encapsulated(source_ts) and not is_encapsulated(target_ts)
+    if decompress and not edits.any and not read_dataset_only:
+        fast = fast_decompressed(path, source_ts, target_ts)
+        if fast is not None:
+            fast_payload, fast_uid = fast
+            if target_ts == DEFLATED_EXPLICIT_VR_LE:
+                return Encoded(deflate(fast_payload, edits.compression_level), fast_uid, True)
+            return Encoded(fast_payload, fast_uid, True)
     # a worker process: files are sent as they are, not validated (values pydicom finds invalid, such as
     # over-long UIDs, are the file's own and go out unchanged, as storescu sends them)
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
@@ -182,7 +191,6 @@ def encode_dataset(
     if edits.disable_new_vr:
         _old_vrs(ds)
     uid = str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
-    decompress = is_encapsulated(source_ts) and not is_encapsulated(target_ts)
     if decompress and "PixelData" in ds:
         payload: bytes | bytearray = _decompressed(ds, source_ts, target_ts)
         if target_ts == DEFLATED_EXPLICIT_VR_LE:
@@ -297,8 +305,6 @@ def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
 
     Peak memory: the file as read (compressed pixel data) + the decoded data set + one frame.
     """
-    import struct
-
     from pydicom.dataset import Dataset
 
     if target_ts == EXPLICIT_VR_BE:
@@ -332,3 +338,133 @@ def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield first
     yield from rest
+
+
+# ---- the fast path of decompression: no pydicom data set, the decoder writes into the sent buffer
+
+_TAG_SOP_INSTANCE_UID = 0x00080018
+_TAG_SAMPLES = 0x00280002
+_TAG_PHOTOMETRIC = 0x00280004
+_TAG_FRAMES = 0x00280008
+_TAG_ROWS = 0x00280010
+_TAG_COLUMNS = 0x00280011
+_TAG_BITS_ALLOCATED = 0x00280100
+_TAG_BITS_STORED = 0x00280101
+_TAG_PIXEL_REPRESENTATION = 0x00280103
+_FAST_WANTED = frozenset(
+    (
+        _TAG_SOP_INSTANCE_UID,
+        _TAG_SAMPLES,
+        _TAG_PHOTOMETRIC,
+        _TAG_FRAMES,
+        _TAG_ROWS,
+        _TAG_COLUMNS,
+        _TAG_BITS_ALLOCATED,
+        _TAG_BITS_STORED,
+        _TAG_PIXEL_REPRESENTATION,
+    )
+)
+_PIXEL_GROUP = 0x7FE00000
+
+
+def fast_decompressed(path: str, source_ts: str, target_ts: str) -> tuple[bytearray, str] | None:
+    """The data set of `path` with its pixel data decoded, encoded in `target_ts` (uncompressed little
+    endian or deflated, before deflating), and its SOP Instance UID; None when the file does not qualify
+    for this path and goes through pydicom (`_decompressed`).
+
+    It qualifies when its syntax has a fast decoder (`codecs.FAST_DECODER`: lossless JPEG, JPEG-LS, RLE)
+    and its image is monochrome with 8 or 16 bits allocated, unsigned or using every bit: then nothing
+    but the Pixel Data element changes. The elements before and after it are copied as they are (Explicit
+    VR Little Endian, the encoding of every compressed syntax) or re-encoded alone for Implicit VR; the
+    decoder writes the pixels into the buffer that is sent (docs/design.md, "Transfer syntax conversion").
+    """
+    from .codecs import FAST_DECODER, decode_monochrome
+    from .part10 import data_set_offset
+    from .walk import Source, WalkError, read_elements, read_header, skip_plain_explicit_le, walk_items
+
+    if source_ts not in FAST_DECODER or target_ts == EXPLICIT_VR_BE:
+        return None
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        offset = data_set_offset(data)
+        values = read_elements(memoryview(data)[offset:], True, True, _FAST_WANTED)
+        samples = _us(values.get(_TAG_SAMPLES))
+        photometric = values.get(_TAG_PHOTOMETRIC, b"").strip(b" \0")
+        rows, columns = _us(values.get(_TAG_ROWS)), _us(values.get(_TAG_COLUMNS))
+        bits_allocated, bits_stored = _us(values.get(_TAG_BITS_ALLOCATED)), _us(values.get(_TAG_BITS_STORED))
+        frames = int(values.get(_TAG_FRAMES, b"1").strip(b" \0") or b"1")
+        signed = _us(values.get(_TAG_PIXEL_REPRESENTATION)) == 1
+        if (
+            samples != 1
+            or photometric not in (b"MONOCHROME1", b"MONOCHROME2")
+            or bits_allocated not in (8, 16)
+            or (signed and bits_stored != bits_allocated)
+            or rows < 1
+            or columns < 1
+            or frames < 1
+        ):
+            return None
+        # the Pixel Data element: skip the elements before it (sequences included)
+        src = Source(-1, len(data), data)
+        pos = skip_plain_explicit_le(data, offset)
+        pixel_start = pixel_end = value_pos = -1
+        while pos < len(data):
+            tag, _vr, length, vpos = read_header(src, pos, True, True)
+            if tag >= _PIXEL_GROUP and pixel_start < 0:
+                pixel_start = pos
+            if tag == _PIXEL_DATA:
+                if length != UNDEFINED_LENGTH:
+                    return None
+                value_pos = vpos
+                pixel_end = walk_items(src, vpos, True, True, tag)
+                break
+            if tag >= _PIXEL_GROUP and tag not in _ENCAPSULATION_ONLY:
+                return None
+            pos = walk_items(src, vpos, True, True, tag) if length == UNDEFINED_LENGTH else vpos + length
+            if tag < _PIXEL_GROUP:
+                pos = skip_plain_explicit_le(data, pos)
+        if value_pos < 0:
+            return None
+        pixels = decode_monochrome(
+            path, source_ts, data[value_pos:pixel_end], rows, columns, bits_allocated, frames
+        )
+    except (ValueError, WalkError):
+        return None  # pydicom's path decides, and explains a failure
+    head: bytes | memoryview = memoryview(data)[offset:pixel_start]
+    tail: bytes | memoryview = memoryview(data)[pixel_end:]
+    if target_ts == IMPLICIT_VR_LE:
+        head, tail = _implicit(head), _implicit(tail)
+    length = len(pixels) + len(pixels) % 2
+    if target_ts == IMPLICIT_VR_LE:
+        element = struct.pack("<HHI", 0x7FE0, 0x0010, length)
+    else:
+        element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB" if bits_allocated == 8 else b"OW", 0, length)
+    out = bytearray(head)
+    out += element
+    out += pixels
+    if len(pixels) % 2:
+        out.append(0)
+    out += tail
+    uid = bytes(values.get(_TAG_SOP_INSTANCE_UID, b"")).rstrip(b"\0 ").decode("ascii", "replace")
+    return out, uid
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _us(raw: bytes | None) -> int:
+    """An unsigned short value (US, little endian); 0 when absent or malformed."""
+    return int.from_bytes(raw[:2], "little") if raw and len(raw) >= 2 else 0
+
+
+def _implicit(explicit_le: bytes | memoryview) -> bytes:
+    """Explicit VR Little Endian elements re-encoded as Implicit VR Little Endian (pydicom)."""
+    if not len(explicit_le):
+        return b""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    fp = DicomBytesIO(bytes(explicit_le))
+    ds = read_dataset(fp, is_implicit_VR=False, is_little_endian=True)  # type: ignore[arg-type]
+    return _write(ds, IMPLICIT_VR_LE)
