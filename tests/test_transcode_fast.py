@@ -13,8 +13,9 @@ import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+from test_receive_helpers import ct_dataset
 
 from batchstore.dicom import transcode, uids
 from batchstore.dicom.codecs import encode_pixels
@@ -23,18 +24,13 @@ TARGETS = (uids.EXPLICIT_VR_LE, uids.IMPLICIT_VR_LE)
 
 
 def _image(path: Path, ts: str, bits: int = 16, frames: int = 1, signed: bool = False) -> Path:
+    """A CT image with a sequence before its pixel data and padding after it, compressed into `ts`."""
     rng = np.random.default_rng(bits * 10 + frames)
     dtype = {8: np.uint8, 16: np.int16 if signed else np.uint16}[bits]
     top = 200 if bits == 8 else 3000
-    shape = (frames, 48, 64) if frames > 1 else (48, 64)
-    pixels = (rng.integers(0, top, shape) - (top // 2 if signed else 0)).astype(dtype)
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    ds.SOPInstanceUID = generate_uid()
-    ds.PatientName = "FAST^PATH"
-    ds.Rows, ds.Columns = 48, 64
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    pixels = (rng.integers(0, top, (frames, 48, 48)) - (top // 2 if signed else 0)).astype(dtype)
+    ds = ct_dataset(f"1.2.826.0.1.3680043.9.7781.13.{bits}.{frames}", rows=48)
+    del ds[0x00100030]  # the UN element: pydicom's writer would need it kept raw
     ds.BitsAllocated = ds.BitsStored = bits
     ds.HighBit = bits - 1
     ds.PixelRepresentation = int(signed)
