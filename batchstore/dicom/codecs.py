@@ -126,40 +126,59 @@ FAST_DECODER: Final = {
 }
 
 
+#: The largest image GDCM decodes on the fast path: it decodes a whole file into one buffer that is
+#: then copied into the sent one, so a larger image goes frame by frame through pydicom instead.
+GDCM_FAST_LIMIT = 32 << 20
+
+
 def decode_monochrome(
-    path: str, source_ts: str, pixel_data: bytes, rows: int, columns: int, bits_allocated: int, frames: int
-) -> bytearray:
-    """Decode a monochrome image (one sample per pixel) of `source_ts` (a key of `FAST_DECODER`) into
-    native little-endian pixel bytes, all frames, with the fastest decoder: GDCM reads the file `path`
-    and decodes straight into the returned buffer; pylibjpeg-rle decodes the frames of `pixel_data` (the
-    encapsulated value).
+    path: str,
+    source_ts: str,
+    frames: list[bytes] | list[memoryview] | None,
+    rows: int,
+    columns: int,
+    bits_allocated: int,
+    out: memoryview,
+) -> None:
+    """Decode a monochrome image (one sample per pixel, all its frames) of `source_ts` (a key of
+    `FAST_DECODER`) into `out` as native little-endian pixels, exactly ``len(out)`` bytes, with the fastest
+    decoder: GDCM reads the file `path` itself; pylibjpeg-rle decodes `frames` (the encoded frames,
+    one by one, each straight into its place). Neither imports pydicom.
 
     Raises
     ------
     ValueError
-        The decoder failed, or gave another length than rows x columns x frames samples (the caller
-        falls back to `iter_decoded_frames`).
+        The decoder failed, or gave another length than the data set describes (the caller falls back to
+        `iter_decoded_frames`).
     """
-    expected = rows * columns * frames * ((bits_allocated + 7) // 8)
-    if FAST_DECODER.get(source_ts) == "gdcm":
-        out = _gdcm_decode_file(path, expected)
-    elif source_ts == RLE_LOSSLESS:
-        from pydicom.encaps import generate_frames
+    decoder = FAST_DECODER.get(source_ts)
+    if decoder == "gdcm" and len(out) <= GDCM_FAST_LIMIT:
+        out[:] = _gdcm_decode_file(path, len(out))
+    elif decoder == "pylibjpeg-rle" and frames:
         from rle.utils import decode_pixel_data
 
-        out = bytearray()
-        for frame in generate_frames(pixel_data, number_of_frames=frames):
-            out += cast(
+        size = len(out) // len(frames)
+        pos = 0
+        for frame in frames:
+            decoded = cast(
                 bytearray,
                 decode_pixel_data(
-                    frame, version=2, rows=rows, columns=columns, bits_allocated=bits_allocated, byteorder="<"
+                    bytes(frame),
+                    version=2,
+                    rows=rows,
+                    columns=columns,
+                    bits_allocated=bits_allocated,
+                    byteorder="<",
                 ),
             )
+            if len(decoded) != size:
+                raise ValueError(f"decoded {len(decoded)} bytes where {size} were expected")
+            out[pos : pos + size] = decoded
+            pos += size
+        if pos != len(out):
+            raise ValueError("the frames do not fill the image")
     else:
         raise ValueError(f"no fast decoder for {source_ts}")
-    if len(out) != expected:
-        raise ValueError(f"decoded {len(out)} bytes where {expected} were expected")
-    return out
 
 
 def _gdcm_decode_file(path: str, expected: int) -> bytearray:
