@@ -152,9 +152,21 @@ def _cpu_timed(cmd: list[str], env: dict[str, str], scp: DcmtkStorescp) -> dict[
     return {"wall": wall, "sender": sender, "peer": peer_cpu() - peer_before}
 
 
-def receive_cpu(corpus: Path, work: Path) -> dict[str, float]:
+def uncompressed_copy(corpus: Path, directory: Path) -> Path:
+    """The files of `corpus` decompressed (Explicit VR Little Endian, same UIDs), in `directory`."""
+    import pydicom
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in sorted(corpus.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.decompress(generate_instance_uid=False)
+        ds.save_as(directory / path.name, enforce_file_format=True)
+    return directory
+
+
+def receive_cpu(corpus: Path, plain: Path, work: Path) -> dict[str, float]:
     """CPU ms per file of the receiver's ``+te`` re-encoding (`reencode_file`, in this process): the
-    compressed files decompressed, per syntax, and the same files already uncompressed (no decoding)."""
+    compressed files decompressed, per syntax, and the same files already uncompressed (`plain`)."""
     import pydicom
 
     from batchstore.dicom.reencode import reencode_file
@@ -168,11 +180,7 @@ def receive_cpu(corpus: Path, work: Path) -> dict[str, float]:
     for i, path in enumerate(sorted(corpus.iterdir())[:60]):
         meta = pydicom.dcmread(path, stop_before_pixels=True)
         ts = str(meta.file_meta.TransferSyntaxUID)
-        for label, src in ((ts, path), ("uncompressed", work / f"u{i}.dcm")):
-            if label == "uncompressed":
-                ds = pydicom.dcmread(path)
-                ds.decompress(generate_instance_uid=False)
-                ds.save_as(src, enforce_file_format=True)
+        for label, src in ((ts, path), ("uncompressed", plain / path.name)):
             dst = work / f"out{i}-{label}.dcm"
             started = time.process_time()
             reencode_file(str(src), str(dst), Options(), meta.SOPClassUID, meta.SOPInstanceUID)
@@ -229,22 +237,27 @@ def run(
     big.parent.mkdir(parents=True, exist_ok=True)
     decoded = make_multiframe(big, frames)
     env = batchstore_env()
-    runs: dict[str, list[dict[str, float]]] = {"dcmsend": [], "batchstore": []}
-    commands = {
-        "dcmsend": ([DCMSEND, "-nh", "+sd", "127.0.0.1", "{port}", str(corpus)], dcmtk_env()),
+    plain = uncompressed_copy(corpus, work / "corpus-uncompressed")
+    runs: dict[str, list[dict[str, float]]] = {}
+    senders = {
+        "dcmsend": (lambda port, files: [DCMSEND, "-nh", "+sd", "127.0.0.1", port, files], dcmtk_env()),
         "batchstore": (
-            batchstore_cmd("send", "-q", "-j", "2", "-nh", "+sd", "127.0.0.1", "{port}", str(corpus)),
+            lambda port, files: batchstore_cmd("send", "-q", "-j", "2", "-nh", "+sd", "127.0.0.1", port, files),
             env,
         ),
     }
     delivered = 0
     for round_ in range(rounds):
-        for tool in ("dcmsend", "batchstore") if round_ % 2 == 0 else ("batchstore", "dcmsend"):
-            out = work / f"out-{tool}-{round_}"
+        order = ("dcmsend", "batchstore") if round_ % 2 == 0 else ("batchstore", "dcmsend")
+        # each sender on the compressed corpus, then on the same files uncompressed: the difference is
+        # what decompressing costs it, in place
+        for tool, source in [(t, c) for c in (corpus, plain) for t in order]:
+            label = tool if source == corpus else f"{tool} uncompressed"
+            out = work / f"out-{label.replace(' ', '-')}-{round_}"
             with DcmtkStorescp(["--fork"], out_dir=out, verbose=False) as scp:
-                cmd, cmd_env = commands[tool]
-                runs[tool].append(_cpu_timed([a.replace("{port}", str(scp.port)) for a in cmd], cmd_env, scp))
-                if tool == "batchstore":
+                make_cmd, cmd_env = senders[tool]
+                runs.setdefault(label, []).append(_cpu_timed(make_cmd(str(scp.port), str(source)), cmd_env, scp))
+                if label == "batchstore":
                     delivered = sum(1 for _ in out.iterdir())
     dcmtk_s = statistics.median(r["wall"] for r in runs["dcmsend"])
     bs_s = statistics.median(r["wall"] for r in runs["batchstore"])
@@ -272,6 +285,7 @@ def run(
         tool: {k: statistics.median(r[k] for r in rs) * 1000 / files for k in ("sender", "peer")}
         for tool, rs in runs.items()
     }
+    in_place = {tool: cpu[tool]["sender"] - cpu[f"{tool} uncompressed"]["sender"] for tool in senders}
     summary = [
         summary_row(
             f"send {files} compressed (RLE, JPEG-LS, JPEG lossless) to uncompressed-only storescp, -j 2",
@@ -283,7 +297,8 @@ def run(
             files=files,
             result=f"{files / dcmtk_s:.0f} vs {files / bs_s:.0f} files/s; CPU ms/file sender+peer: "
             f"dcmsend {cpu['dcmsend']['sender']:.2f}+{cpu['dcmsend']['peer']:.2f}, "
-            f"batchstore {cpu['batchstore']['sender']:.2f}+{cpu['batchstore']['peer']:.2f}",
+            f"batchstore {cpu['batchstore']['sender']:.2f}+{cpu['batchstore']['peer']:.2f}; decompressing "
+            f"alone: dcmsend {in_place['dcmsend']:.2f}, batchstore {in_place['batchstore']:.2f}",
         ),
         summary_row(
             f"decompress one {frames}-frame RLE file ({decoded / 2**20:.0f} MiB decoded), worker peak RSS",
@@ -304,7 +319,8 @@ def run(
         "multiframe_s": big_s,
         "rounds": runs,
         "cpu_ms_per_file": cpu,
-        "receive_cpu_ms_per_file": receive_cpu(corpus, work / "receive"),
+        "decompression_cpu_ms_per_file": in_place,
+        "receive_cpu_ms_per_file": receive_cpu(corpus, plain, work / "receive"),
     }
     return {"summary": summary, "details": details}
 

@@ -232,7 +232,7 @@ def reencode_file(
         ts_in = str(ds.file_meta.TransferSyntaxUID)
         ts_out = WRITE_XFER[options.write_xfer] or ts_in
         if ts_out != ts_in and ts_in not in NATIVE_CONVERTIBLE and "PixelData" in ds:
-            ts_out = _decompress(ds, ts_in, ts_out, sop_instance_uid)
+            ts_out = _decompress(ds, src, ts_in, ts_out, sop_instance_uid)
         explicit, little, deflated = dataset_encoding(ts_out)
         _explicit_in, little_in, _deflated_in = dataset_encoding(ts_in)
         pydicom.filewriter.correct_ambiguous_vr(ds, little)
@@ -269,7 +269,7 @@ def reencode_file(
     return values
 
 
-def _decompress(ds, ts_in: str, ts_out: str, sop_instance_uid: str) -> str:  # type: ignore[no-untyped-def]
+def _decompress(ds, src: str, ts_in: str, ts_out: str, sop_instance_uid: str) -> str:  # type: ignore[no-untyped-def]
     """Decode `ds`'s compressed pixel data in place for writing it as `ts_out`; return the syntax to write:
     `ts_out`, or `ts_in` (written as received, with a warning) when no installed codec decodes it."""
     from .codecs import can_decode
@@ -279,7 +279,7 @@ def _decompress(ds, ts_in: str, ts_out: str, sop_instance_uid: str) -> str:  # t
         reason = "no decoder for this transfer syntax"
     else:
         try:
-            decompress_in_place(ds, ts_in)
+            decompress_in_place(ds, ts_in, src)
         except Exception as exc:  # the plugins raise ValueError, RuntimeError and their own
             reason = f"cannot decode its pixel data ({type(exc).__name__}: {exc})"
         else:

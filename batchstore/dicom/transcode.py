@@ -288,16 +288,89 @@ def start_decoding(ds: Dataset, source_ts: str) -> DecodedPixels:
     return decoded
 
 
-def decompress_in_place(ds: Dataset, source_ts: str) -> None:
+def decompress_in_place(ds: Dataset, source_ts: str, path: str = "") -> None:
     """Replace `ds`'s compressed pixel data by the decoded pixels (native, little endian, padded to an
-    even length; OB up to 8 bits allocated, OW above), with the attributes `start_decoding` sets."""
+    even length; OB up to 8 bits allocated, OW above), with the attributes `start_decoding` sets.
+
+    An image the fast path takes (`fast_decompressed`) is decoded by `codecs.decode_monochrome`; GDCM
+    reads it from `path`, the file `ds` was read from (without it, not GDCM).
+    """
+    if _decode_fast_in_place(ds, source_ts, path):
+        return
     decoded = start_decoding(ds, source_ts)
     buf = bytearray(decoded.total + decoded.total % 2)
     decoded.write_into(memoryview(buf))
-    ds.PixelData = bytes(buf)
+    _set_native(ds, bytes(buf))
+
+
+def _set_native(ds: Dataset, pixels: bytes) -> None:
+    ds.PixelData = pixels
     elem = ds["PixelData"]
     elem.VR = "OB" if int(ds.get("BitsAllocated", 8)) <= 8 else "OW"
     elem.is_undefined_length = False
+
+
+def _decode_fast_in_place(ds: Dataset, source_ts: str, path: str) -> bool:
+    """`decompress_in_place` by the fast decoders; False (`ds` untouched) when the image does not qualify."""
+    from .codecs import FAST_DECODER, decode_monochrome
+
+    decoder = FAST_DECODER.get(source_ts)
+    if decoder is None or (decoder == "gdcm" and not path) or "PixelData" not in ds:
+        return False
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    bits_allocated = int(ds.get("BitsAllocated") or 0)
+    count = int(ds.get("NumberOfFrames") or 1)
+    if not _fast_image(
+        int(ds.get("SamplesPerPixel") or 0),
+        str(ds.get("PhotometricInterpretation") or "").encode("ascii", "replace"),
+        bits_allocated,
+        int(ds.get("BitsStored") or 0),
+        int(ds.get("PixelRepresentation") or 0) == 1,
+        rows,
+        columns,
+        count,
+    ):
+        return False
+    frames = None
+    if decoder == "pylibjpeg-rle":
+        from pydicom.encaps import generate_frames
+
+        frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+    total = rows * columns * count * (bits_allocated // 8)
+    buf = bytearray(total + total % 2)
+    try:
+        with memoryview(buf) as view:
+            decode_monochrome(path, source_ts, frames, rows, columns, bits_allocated, view[:total])
+    except ValueError:
+        return False
+    for tag in _ENCAPSULATION_ONLY:
+        if tag in ds:
+            del ds[tag]
+    _set_native(ds, bytes(buf))
+    return True
+
+
+def _fast_image(
+    samples: int,
+    photometric: bytes,
+    bits_allocated: int,
+    bits_stored: int,
+    signed: bool,
+    rows: int,
+    columns: int,
+    count: int,
+) -> bool:
+    """Whether the fast decoders take this image: monochrome, 8 or 16 bits allocated, unsigned or using
+    every bit (their output is then the native pixel data as is), and not empty."""
+    return (
+        samples == 1
+        and photometric in (b"MONOCHROME1", b"MONOCHROME2")
+        and bits_allocated in (8, 16)
+        and (not signed or bits_stored == bits_allocated)
+        and rows > 0
+        and columns > 0
+        and count > 0
+    )
 
 
 def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
@@ -390,20 +463,18 @@ def fast_decompressed(path: str, source_ts: str, target_ts: str) -> tuple[bytear
     try:
         offset = data_set_offset(data[: 1 << 20])  # the file meta information (a copy of its start)
         values = read_elements(memoryview(data)[offset:], True, True, _FAST_WANTED)
-        samples = _us(values.get(_TAG_SAMPLES))
-        photometric = values.get(_TAG_PHOTOMETRIC, b"").strip(b" \0")
         rows, columns = _us(values.get(_TAG_ROWS)), _us(values.get(_TAG_COLUMNS))
-        bits_allocated, bits_stored = _us(values.get(_TAG_BITS_ALLOCATED)), _us(values.get(_TAG_BITS_STORED))
+        bits_allocated = _us(values.get(_TAG_BITS_ALLOCATED))
         count = int(values.get(_TAG_FRAMES, b"1").strip(b" \0") or b"1")
-        signed = _us(values.get(_TAG_PIXEL_REPRESENTATION)) == 1
-        if (
-            samples != 1
-            or photometric not in (b"MONOCHROME1", b"MONOCHROME2")
-            or bits_allocated not in (8, 16)
-            or (signed and bits_stored != bits_allocated)
-            or rows < 1
-            or columns < 1
-            or count < 1
+        if not _fast_image(
+            _us(values.get(_TAG_SAMPLES)),
+            values.get(_TAG_PHOTOMETRIC, b"").strip(b" \0"),
+            bits_allocated,
+            _us(values.get(_TAG_BITS_STORED)),
+            _us(values.get(_TAG_PIXEL_REPRESENTATION)) == 1,
+            rows,
+            columns,
+            count,
         ):
             return None
         # the Pixel Data element: skip the elements before it (sequences included)
