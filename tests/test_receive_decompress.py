@@ -10,16 +10,18 @@ the stored files are read back with pydicom and their decoded pixels compared wi
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pydicom.data
 import pytest
-from peers import DCMTK_DCMSEND, BatchstoreReceiver, dcmtk_env, dcmtk_send, received_index
-from pydicom.encaps import encapsulate
+from peers import DCMTK_DCMSEND, DCMTK_ECHOSCU, BatchstoreReceiver, dcmtk_env, dcmtk_send, received_index
+from pydicom.encaps import encapsulate, generate_frames
 
 from batchstore.dicom import uids
+from batchstore.dicom.codecs import encode_pixels
 
 UID_ROOT = "1.2.826.0.1.3680043.9.7781.12"
 #: pydicom test file -> (its transfer syntax, lossless)
@@ -148,3 +150,66 @@ def test_single_process_receiver_decompresses_from_storescu(inputs: dict[str, Pa
         written = pydicom.dcmread(stored[pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID])
         assert str(written.file_meta.TransferSyntaxUID) == uids.IMPLICIT_VR_LE
         assert np.array_equal(written.pixel_array, _pixels(path))
+
+
+def _slow_multiframe(path: Path, uid: str, frames: int = 24) -> Path:
+    """A JPEG 2000 lossless image of `frames` noisy 512 x 512 16-bit frames: seconds of decoding."""
+    rng = np.random.default_rng(12)
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = uid
+    ds.Rows = ds.Columns = 512
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = rng.integers(0, 4000, (512, 512)).astype(np.uint16).tobytes()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uids.EXPLICIT_VR_LE
+    encode_pixels(ds, uids.JPEG_2000_LOSSLESS)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.NumberOfFrames = frames
+    ds.PixelData = encapsulate([frame] * frames)
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.needs_dcmtk
+def test_fork_decoding_holds_up_no_other_association(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """With --fork, while one association's child decodes a large JPEG 2000 file, an echo and another
+    association's store (decoded too) complete."""
+    out = tmp_path / "out"
+    big_uid = f"{UID_ROOT}.50"
+    big = _slow_multiframe(tmp_path / "big.dcm", big_uid)
+    small = next(p for p in inputs.values() if p.name == "MR_small_RLE.dcm")
+    with BatchstoreReceiver(out, ["+xa", "+te"], verbose=True, work_dir=tmp_path) as rx:
+        sender = subprocess.Popen(
+            [DCMTK_DCMSEND, "127.0.0.1", str(rx.port), str(big)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dcmtk_env(),
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while f"Received Store Request (MsgID 1, {big_uid})" not in rx.log():
+                assert time.monotonic() < deadline, rx.log()
+                time.sleep(0.02)
+            echo = subprocess.run(
+                [DCMTK_ECHOSCU, "127.0.0.1", str(rx.port)], capture_output=True, env=dcmtk_env(), timeout=30
+            )
+            other = _dcmsend(rx.port, [small])
+            # files under their final names (the large one's temporary file is there while it decodes)
+            others_done = {uid for uid, path in received_index(out).items() if not Path(path).name.startswith(".")}
+            assert sender.wait(60) == 0
+        finally:
+            sender.kill()
+        stored = received_index(out)
+    assert echo.returncode == 0 and other.returncode == 0
+    assert big_uid not in others_done, "the other associations waited for the decoding"
+    assert others_done == {f"{UID_ROOT}.1"}
+    written = pydicom.dcmread(stored[big_uid])
+    assert str(written.file_meta.TransferSyntaxUID) == uids.EXPLICIT_VR_LE
+    assert np.array_equal(written.pixel_array, pydicom.dcmread(big).pixel_array)
