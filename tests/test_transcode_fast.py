@@ -93,3 +93,17 @@ def test_fast_path_leaves_other_images_to_pydicom(name: str) -> None:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = uids.EXPLICIT_VR_LE
     assert np.array_equal(ds.pixel_array, pydicom.dcmread(path).pixel_array)
+
+
+def test_failed_decoding_leaves_data_set_as_it_was() -> None:
+    """The receiver writes a data set it cannot decode as received: its description must be unchanged."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    first = next(generate_frames(ds.PixelData, number_of_frames=2))
+    ds.PixelData = encapsulate([first, b"\x01" * 64])  # the second frame does not decode
+    ds.PhotometricInterpretation = "YBR_FULL"  # decoding would say RGB
+    before = [(elem.tag, elem.VR, elem.value) for elem in ds]
+    with pytest.raises(Exception):  # noqa: B017 - whatever the plugin raises
+        transcode.decompress_in_place(ds, uids.RLE_LOSSLESS)
+    assert [(elem.tag, elem.VR, elem.value) for elem in ds] == before

@@ -293,14 +293,31 @@ def decompress_in_place(ds: Dataset, source_ts: str, path: str = "") -> None:
     even length; OB up to 8 bits allocated, OW above), with the attributes `start_decoding` sets.
 
     An image the fast path takes (`fast_decompressed`) is decoded by `codecs.decode_monochrome`; GDCM
-    reads it from `path`, the file `ds` was read from (without it, not GDCM).
+    reads it from `path`, the file `ds` was read from (without it, not GDCM). When decoding fails, `ds` is
+    left as it was (the receiver then writes it as received) and the error raised.
     """
     if _decode_fast_in_place(ds, source_ts, path):
         return
-    decoded = start_decoding(ds, source_ts)
-    buf = bytearray(decoded.total + decoded.total % 2)
-    decoded.write_into(memoryview(buf))
+    from pydicom.dataelem import DataElement
+
+    saved = {tag: (ds[tag].VR, ds[tag].value) for tag in _DECODING_CHANGES if tag in ds}
+    try:
+        decoded = start_decoding(ds, source_ts)
+        buf = bytearray(decoded.total + decoded.total % 2)
+        decoded.write_into(memoryview(buf))
+    except BaseException:
+        for tag in _DECODING_CHANGES:
+            if tag in ds:
+                del ds[tag]
+        for tag, (vr, value) in saved.items():
+            ds[tag] = DataElement(tag, vr, value)
+        raise
     _set_native(ds, bytes(buf))
+
+
+#: What `start_decoding` may change in a data set besides Pixel Data: Photometric Interpretation, Planar
+#: Configuration, Lossy Image Compression, its Ratio and Method, the Extended Offset Table and its Lengths.
+_DECODING_CHANGES = (0x00280004, 0x00280006, 0x00282110, 0x00282112, 0x00282114, 0x7FE00001, 0x7FE00002)
 
 
 def _set_native(ds: Dataset, pixels: bytes) -> None:
