@@ -15,7 +15,14 @@ from typing import Protocol
 
 from .meta import file_meta
 from .transcode import SWAP_WIDTH, swap_bytes
-from .uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE, NATIVE_CONVERTIBLE
+from .uids import (
+    DEFLATED_EXPLICIT_VR_LE,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    NATIVE_CONVERTIBLE,
+    ts_name,
+)
 
 log = logging.getLogger("batchstore.storage")
 
@@ -33,6 +40,7 @@ TAG_SOP_CLASS_UID = 0x00080016
 TAG_SOP_INSTANCE_UID = 0x00080018
 TAG_PATIENT_NAME = 0x00100010
 TAG_STUDY_INSTANCE_UID = 0x0020000D
+TAG_PIXEL_DATA = 0x7FE00010
 
 
 class OutputEncoding(Protocol):
@@ -86,6 +94,8 @@ class _Encoder:
         self.little = little
         self.order = "<" if little else ">"
         self.swap = swap
+        #: byte-swap width of an element when the byte order changes, where it is not its VR's word size
+        self.swap_width: dict[int, int] = {}
         self.group_length = options.group_length
         self.undefined = not options.explicit_length
         self.new_vr = options.new_vr
@@ -170,7 +180,8 @@ class _Encoder:
         elif (
             self.swap and vr in SWAP_WIDTH and isinstance(elem.value, bytes) and not elem.is_undefined_length
         ):
-            elem = DataElement(elem.tag, vr, swap_bytes(elem.value, SWAP_WIDTH[vr]))
+            width = self.swap_width.get(elem.tag, SWAP_WIDTH[vr])
+            elem = DataElement(elem.tag, vr, swap_bytes(elem.value, width))
         write_data_element(fp, elem, encodings)
 
     def item(self, ds, encodings) -> bytes:  # type: ignore[no-untyped-def]
@@ -220,13 +231,14 @@ def reencode_file(
         ds = pydicom.dcmread(src)
         ts_in = str(ds.file_meta.TransferSyntaxUID)
         ts_out = WRITE_XFER[options.write_xfer] or ts_in
-        if ts_out != ts_in and ts_in not in NATIVE_CONVERTIBLE:
-            log.warning("cannot write a %s data set as %s: written as received", ts_in, ts_out)
-            ts_out = ts_in
+        if ts_out != ts_in and ts_in not in NATIVE_CONVERTIBLE and "PixelData" in ds:
+            ts_out = _decompress(ds, src, ts_in, ts_out, sop_instance_uid)
         explicit, little, deflated = dataset_encoding(ts_out)
         _explicit_in, little_in, _deflated_in = dataset_encoding(ts_in)
         pydicom.filewriter.correct_ambiguous_vr(ds, little)
         encoder = _Encoder(explicit, little, little != little_in, options)
+        if ts_in != ts_out and ts_in not in NATIVE_CONVERTIBLE and not little:
+            encoder.swap_width[TAG_PIXEL_DATA] = _sample_width(ds)  # decoded: one swap per sample
         body = encoder.dataset(ds, "iso8859")
         values: dict[int, str] = {}
         for tag, keyword in (
@@ -255,3 +267,34 @@ def reencode_file(
     with os.fdopen(fd, "wb") as out:
         out.write(meta + body if meta else body)
     return values
+
+
+def _decompress(ds, src: str, ts_in: str, ts_out: str, sop_instance_uid: str) -> str:  # type: ignore[no-untyped-def]
+    """Decode `ds`'s compressed pixel data in place for writing it as `ts_out`; return the syntax to write:
+    `ts_out`, or `ts_in` (written as received, with a warning) when no installed codec decodes it."""
+    from .codecs import can_decode
+    from .transcode import decompress_in_place
+
+    if not can_decode(ts_in):
+        reason = "no decoder for this transfer syntax"
+    else:
+        try:
+            decompress_in_place(ds, ts_in, src)
+        except Exception as exc:  # the plugins raise ValueError, RuntimeError and their own
+            reason = f"cannot decode its pixel data ({type(exc).__name__}: {exc})"
+        else:
+            log.debug("%s: decompressed from %s, written as %s", sop_instance_uid, ts_name(ts_in), ts_name(ts_out))
+            return ts_out
+    log.warning(
+        "cannot write %s as %s: %s; written as received, in %s",
+        sop_instance_uid,
+        ts_name(ts_out),
+        reason,
+        ts_name(ts_in),
+    )
+    return ts_in
+
+
+def _sample_width(ds) -> int:  # type: ignore[no-untyped-def]
+    """Bytes per decoded sample (Bits Allocated rounded up to bytes; 1 to 8)."""
+    return max(1, min(8, (int(ds.get("BitsAllocated", 16)) + 7) // 8))

@@ -14,9 +14,11 @@ on an odd fragment).
 
 from __future__ import annotations
 
+import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .uids import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -161,11 +163,19 @@ def encode_dataset(
     read_dataset_only : bool
         The file is a bare data set without file meta information (storescu ``-f``).
     """
+    edits = edits or EditOptions()
+    decompress = is_encapsulated(source_ts) and not is_encapsulated(target_ts)
+    if decompress and not edits.any and not read_dataset_only:
+        fast = fast_decompressed(path, source_ts, target_ts)
+        if fast is not None:
+            fast_payload, fast_uid = fast
+            if target_ts == DEFLATED_EXPLICIT_VR_LE:
+                return Encoded(deflate(fast_payload, edits.compression_level), fast_uid, True)
+            return Encoded(fast_payload, fast_uid, True)
     import pydicom
 
     from .codecs import encode_pixels
 
-    edits = edits or EditOptions()
     # a worker process: files are sent as they are, not validated (values pydicom finds invalid, such as
     # over-long UIDs, are the file's own and go out unchanged, as storescu sends them)
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
@@ -181,7 +191,6 @@ def encode_dataset(
     if edits.disable_new_vr:
         _old_vrs(ds)
     uid = str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
-    decompress = is_encapsulated(source_ts) and not is_encapsulated(target_ts)
     if decompress and "PixelData" in ds:
         payload: bytes | bytearray = _decompressed(ds, source_ts, target_ts)
         if target_ts == DEFLATED_EXPLICIT_VR_LE:
@@ -215,32 +224,182 @@ def _write(ds: Dataset, target_ts: str) -> bytes:
 _PIXEL_DATA = 0x7FE00010
 
 
-def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
-    """Decode `ds`'s pixel data frame by frame into one buffer holding the whole re-encoded data set.
+class DecodedPixels:
+    """The pixel data of a data set being decompressed: `count` frames of `frame_size` bytes each, and
+    `frames`, each frame's bytes (flat uint8 arrays, one held at a time). See `start_decoding`."""
 
-    Peak memory: the file as read (compressed pixel data) + the decoded data set + one frame.
+    def __init__(self, frame_size: int, count: int, frames: Iterator[Any]) -> None:
+        self.frame_size = frame_size
+        self.count = count
+        self.frames = frames
+        self.total = frame_size * count
+
+    def write_into(self, view: memoryview) -> None:
+        """Write every frame, one after the other, into `view` (at least `total` bytes long)."""
+        import numpy as np
+
+        pos = 0
+        done = 0
+        for arr in self.frames:
+            if done == self.count:
+                raise ValueError(f"the decoder gave more frames than Number of Frames ({self.count})")
+            flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+            if flat.nbytes != self.frame_size:
+                raise ValueError("decoded frames differ in size")
+            view[pos : pos + self.frame_size] = flat.data
+            pos += self.frame_size
+            done += 1
+        if done != self.count:
+            raise ValueError(f"decoded {done} of {self.count} frames")
+
+
+#: Elements that describe encapsulated pixel data only, dropped when it is decompressed.
+_ENCAPSULATION_ONLY = (0x7FE00001, 0x7FE00002)  # Extended Offset Table, Extended Offset Table Lengths
+
+
+def start_decoding(ds: Dataset, source_ts: str) -> DecodedPixels:
+    """Decode the first frame of `ds`'s compressed pixel data and describe the rest.
+
+    `ds` is updated for the decoded pixels: Photometric Interpretation and Planar Configuration as the
+    decoder gives them (YCbCr comes out as RGB), Lossy Image Compression kept "01" for a lossy source,
+    the elements of encapsulation only removed. Its Pixel Data element is not touched.
+
+    Raises
+    ------
+    ValueError, RuntimeError
+        No plugin decodes it, or it decodes to more than an element can hold.
     """
-    import struct
-
-    import numpy as np
-    from pydicom.dataset import Dataset
-
     from .codecs import iter_decoded_frames, lossy_method, mark_lossy
 
-    if target_ts == EXPLICIT_VR_BE:
-        raise ValueError("decompressing into big endian is not supported; propose little endian")
     frames = iter_decoded_frames(ds, source_ts)
     first, info = next(frames)
     count = int(ds.get("NumberOfFrames") or 1)
-    frame_size = first.nbytes
-    total = frame_size * count
-    if total >= 2**32 - 2:
+    decoded = DecodedPixels(first.nbytes, count, _chain(first, (a for a, _ in frames)))
+    if decoded.total >= 2**32 - 2:
         raise ValueError("decoded pixel data longer than a DICOM element can hold")
     ds.PhotometricInterpretation = info["photometric_interpretation"]
     if int(info.get("samples_per_pixel", 1)) > 1:
         ds.PlanarConfiguration = int(info.get("planar_configuration", 0))
     if is_lossy(source_ts):
         mark_lossy(ds, lossy_method(source_ts), None)  # the data stay lossy; keep saying so
+    for tag in _ENCAPSULATION_ONLY:
+        if tag in ds:
+            del ds[tag]
+    return decoded
+
+
+def decompress_in_place(ds: Dataset, source_ts: str, path: str = "") -> None:
+    """Replace `ds`'s compressed pixel data by the decoded pixels (native, little endian, padded to an
+    even length; OB up to 8 bits allocated, OW above), with the attributes `start_decoding` sets.
+
+    An image the fast path takes (`fast_decompressed`) is decoded by `codecs.decode_monochrome`; GDCM
+    reads it from `path`, the file `ds` was read from (without it, not GDCM). When decoding fails, `ds` is
+    left as it was (the receiver then writes it as received) and the error raised.
+    """
+    if _decode_fast_in_place(ds, source_ts, path):
+        return
+    from pydicom.dataelem import DataElement
+
+    saved = {tag: (ds[tag].VR, ds[tag].value) for tag in _DECODING_CHANGES if tag in ds}
+    try:
+        decoded = start_decoding(ds, source_ts)
+        buf = bytearray(decoded.total + decoded.total % 2)
+        decoded.write_into(memoryview(buf))
+    except BaseException:
+        for tag in _DECODING_CHANGES:
+            if tag in ds:
+                del ds[tag]
+        for tag, (vr, value) in saved.items():
+            ds[tag] = DataElement(tag, vr, value)
+        raise
+    _set_native(ds, bytes(buf))
+
+
+#: What `start_decoding` may change in a data set besides Pixel Data: Photometric Interpretation, Planar
+#: Configuration, Lossy Image Compression, its Ratio and Method, the Extended Offset Table and its Lengths.
+_DECODING_CHANGES = (0x00280004, 0x00280006, 0x00282110, 0x00282112, 0x00282114, 0x7FE00001, 0x7FE00002)
+
+
+def _set_native(ds: Dataset, pixels: bytes) -> None:
+    ds.PixelData = pixels
+    elem = ds["PixelData"]
+    elem.VR = "OB" if int(ds.get("BitsAllocated", 8)) <= 8 else "OW"
+    elem.is_undefined_length = False
+
+
+def _decode_fast_in_place(ds: Dataset, source_ts: str, path: str) -> bool:
+    """`decompress_in_place` by the fast decoders; False (`ds` untouched) when the image does not qualify."""
+    from .codecs import FAST_DECODER, decode_monochrome
+
+    decoder = FAST_DECODER.get(source_ts)
+    if decoder is None or (decoder == "gdcm" and not path) or "PixelData" not in ds:
+        return False
+    rows, columns = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    bits_allocated = int(ds.get("BitsAllocated") or 0)
+    count = int(ds.get("NumberOfFrames") or 1)
+    if not _fast_image(
+        int(ds.get("SamplesPerPixel") or 0),
+        str(ds.get("PhotometricInterpretation") or "").encode("ascii", "replace"),
+        bits_allocated,
+        int(ds.get("BitsStored") or 0),
+        int(ds.get("PixelRepresentation") or 0) == 1,
+        rows,
+        columns,
+        count,
+    ):
+        return False
+    frames = None
+    if decoder == "pylibjpeg-rle":
+        from pydicom.encaps import generate_frames
+
+        frames = list(generate_frames(ds.PixelData, number_of_frames=count))
+    total = rows * columns * count * (bits_allocated // 8)
+    buf = bytearray(total + total % 2)
+    try:
+        with memoryview(buf) as view:
+            decode_monochrome(path, source_ts, frames, rows, columns, bits_allocated, view[:total])
+    except ValueError:
+        return False
+    for tag in _ENCAPSULATION_ONLY:
+        if tag in ds:
+            del ds[tag]
+    _set_native(ds, bytes(buf))
+    return True
+
+
+def _fast_image(
+    samples: int,
+    photometric: bytes,
+    bits_allocated: int,
+    bits_stored: int,
+    signed: bool,
+    rows: int,
+    columns: int,
+    count: int,
+) -> bool:
+    """Whether the fast decoders take this image: monochrome, 8 or 16 bits allocated, unsigned or using
+    every bit (their output is then the native pixel data as is), and not empty."""
+    return (
+        samples == 1
+        and photometric in (b"MONOCHROME1", b"MONOCHROME2")
+        and bits_allocated in (8, 16)
+        and (not signed or bits_stored == bits_allocated)
+        and rows > 0
+        and columns > 0
+        and count > 0
+    )
+
+
+def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
+    """Decode `ds`'s pixel data frame by frame into one buffer holding the whole re-encoded data set.
+
+    Peak memory: the file as read (compressed pixel data) + the decoded data set + one frame.
+    """
+    from pydicom.dataset import Dataset
+
+    if target_ts == EXPLICIT_VR_BE:
+        raise ValueError("decompressing into big endian is not supported; propose little endian")
+    decoded = start_decoding(ds, source_ts)
     head_ds, tail_ds = Dataset(), Dataset()
     for elem in ds:
         if elem.tag < _PIXEL_DATA:
@@ -249,6 +408,7 @@ def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
             tail_ds.add(elem)
     head = _write(head_ds, target_ts)
     tail = _write(tail_ds, target_ts) if len(tail_ds) else b""
+    total = decoded.total
     pad = total % 2
     length = total + pad
     if target_ts == IMPLICIT_VR_LE:
@@ -260,24 +420,172 @@ def _decompressed(ds: Dataset, source_ts: str, target_ts: str) -> bytearray:
     buf = bytearray(start + length + len(tail))
     buf[: len(head)] = head
     buf[len(head) : start] = element
-    view = memoryview(buf)
-    pos = start
-    done = 0
-    for arr in _chain(first, (a for a, _ in frames)):
-        if done == count:
-            raise ValueError(f"the decoder gave more frames than Number of Frames ({count})")
-        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-        if flat.nbytes != frame_size:
-            raise ValueError("decoded frames differ in size")
-        view[pos : pos + frame_size] = flat.data
-        pos += frame_size
-        done += 1
-    if done != count:
-        raise ValueError(f"decoded {done} of {count} frames")
+    decoded.write_into(memoryview(buf)[start : start + total])
     buf[start + length :] = tail
     return buf
 
 
-def _chain(first, rest):  # type: ignore[no-untyped-def]
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield first
     yield from rest
+
+
+# ---- the fast path of decompression: no pydicom data set, the decoder writes into the sent buffer
+
+_TAG_SOP_INSTANCE_UID = 0x00080018
+_TAG_SAMPLES = 0x00280002
+_TAG_PHOTOMETRIC = 0x00280004
+_TAG_FRAMES = 0x00280008
+_TAG_ROWS = 0x00280010
+_TAG_COLUMNS = 0x00280011
+_TAG_BITS_ALLOCATED = 0x00280100
+_TAG_BITS_STORED = 0x00280101
+_TAG_PIXEL_REPRESENTATION = 0x00280103
+_FAST_WANTED = frozenset(
+    (
+        _TAG_SOP_INSTANCE_UID,
+        _TAG_SAMPLES,
+        _TAG_PHOTOMETRIC,
+        _TAG_FRAMES,
+        _TAG_ROWS,
+        _TAG_COLUMNS,
+        _TAG_BITS_ALLOCATED,
+        _TAG_BITS_STORED,
+        _TAG_PIXEL_REPRESENTATION,
+    )
+)
+_PIXEL_GROUP = 0x7FE00000
+
+
+def fast_decompressed(path: str, source_ts: str, target_ts: str) -> tuple[bytearray, str] | None:
+    """The data set of `path` with its pixel data decoded, encoded in `target_ts` (uncompressed little
+    endian or deflated, before deflating), and its SOP Instance UID; None when the file does not qualify
+    for this path and goes through pydicom (`_decompressed`).
+
+    It qualifies when its syntax has a fast decoder (`codecs.FAST_DECODER`: lossless JPEG, JPEG-LS, RLE)
+    and its image is monochrome with 8 or 16 bits allocated, unsigned or using every bit: then nothing
+    but the Pixel Data element changes. The elements before and after it are copied as they are (Explicit
+    VR Little Endian, the encoding of every compressed syntax) or re-encoded alone for Implicit VR; the
+    decoder writes the pixels into the buffer that is sent, and pydicom is not imported (a worker that
+    only takes this path saves its 0.3-0.5 s import; docs/design.md, "Transfer syntax conversion").
+    """
+    from .codecs import FAST_DECODER, decode_monochrome
+    from .part10 import data_set_offset
+    from .walk import Source, WalkError, read_elements, read_header, skip_plain_explicit_le, walk_items
+
+    if source_ts not in FAST_DECODER or target_ts == EXPLICIT_VR_BE:
+        return None
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        offset = data_set_offset(data[: 1 << 20])  # the file meta information (a copy of its start)
+        values = read_elements(memoryview(data)[offset:], True, True, _FAST_WANTED)
+        rows, columns = _us(values.get(_TAG_ROWS)), _us(values.get(_TAG_COLUMNS))
+        bits_allocated = _us(values.get(_TAG_BITS_ALLOCATED))
+        count = int(values.get(_TAG_FRAMES, b"1").strip(b" \0") or b"1")
+        if not _fast_image(
+            _us(values.get(_TAG_SAMPLES)),
+            values.get(_TAG_PHOTOMETRIC, b"").strip(b" \0"),
+            bits_allocated,
+            _us(values.get(_TAG_BITS_STORED)),
+            _us(values.get(_TAG_PIXEL_REPRESENTATION)) == 1,
+            rows,
+            columns,
+            count,
+        ):
+            return None
+        # the Pixel Data element: skip the elements before it (sequences included)
+        src = Source(-1, len(data), data)
+        pos = skip_plain_explicit_le(data, offset)
+        pixel_start = value_pos = -1
+        while pos < len(data):
+            tag, _vr, length, vpos = read_header(src, pos, True, True)
+            if tag >= _PIXEL_GROUP and pixel_start < 0:
+                pixel_start = pos
+            if tag == _PIXEL_DATA:
+                if length != UNDEFINED_LENGTH:
+                    return None
+                value_pos = vpos
+                break
+            if tag >= _PIXEL_GROUP and tag not in _ENCAPSULATION_ONLY:
+                return None
+            pos = walk_items(src, vpos, True, True, tag) if length == UNDEFINED_LENGTH else vpos + length
+            if tag < _PIXEL_GROUP:
+                pos = skip_plain_explicit_le(data, pos)
+        if value_pos < 0:
+            return None
+        fragments, pixel_end = _fragments(data, value_pos)
+    except (ValueError, WalkError, struct.error):
+        return None  # pydicom's path decides, and explains a failure
+    if count == 1:
+        frames: list[bytes] | list[memoryview] | None = [b"".join(fragments)]
+    else:  # one fragment per frame, as RLE has it; otherwise only GDCM, which reads the file, takes it
+        frames = fragments if len(fragments) == count else None
+    head: bytes | memoryview = memoryview(data)[offset:pixel_start]
+    tail: bytes | memoryview = memoryview(data)[pixel_end:]
+    if target_ts == IMPLICIT_VR_LE:
+        head, tail = _implicit(head), _implicit(tail)
+    total = rows * columns * count * (bits_allocated // 8)
+    length = total + total % 2
+    if target_ts == IMPLICIT_VR_LE:
+        element = struct.pack("<HHI", 0x7FE0, 0x0010, length)
+    else:
+        element = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB" if bits_allocated == 8 else b"OW", 0, length)
+    start = len(head) + len(element)
+    out = bytearray(start + length + len(tail))
+    out[: len(head)] = head
+    out[len(head) : start] = element
+    out[start + length :] = tail
+    try:
+        with memoryview(out) as view:
+            decode_monochrome(path, source_ts, frames, rows, columns, bits_allocated, view[start : start + total])
+    except ValueError:
+        return None
+    uid = bytes(values.get(_TAG_SOP_INSTANCE_UID, b"")).rstrip(b"\0 ").decode("ascii", "replace")
+    return out, uid
+
+
+def _fragments(data: bytes, pos: int) -> tuple[list[memoryview], int]:
+    """The fragments of the encapsulated Pixel Data value at `pos` (its Basic Offset Table left out) and
+    the position after its Sequence Delimitation Item.
+
+    Raises
+    ------
+    ValueError
+        Something other than an item inside it, or an item running past the end.
+    """
+    unpack = struct.Struct("<HHI").unpack_from
+    fragments: list[memoryview] = []
+    view = memoryview(data)
+    first = True
+    while True:
+        group, element, length = unpack(data, pos)
+        pos += 8
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return fragments, pos
+        if (group, element) != (0xFFFE, 0xE000) or pos + length > len(data):
+            raise ValueError("malformed encapsulated pixel data")
+        if not first:
+            fragments.append(view[pos : pos + length])
+        first = False
+        pos += length
+
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _us(raw: bytes | None) -> int:
+    """An unsigned short value (US, little endian); 0 when absent or malformed."""
+    return int.from_bytes(raw[:2], "little") if raw and len(raw) >= 2 else 0
+
+
+def _implicit(explicit_le: bytes | memoryview) -> bytes:
+    """Explicit VR Little Endian elements re-encoded as Implicit VR Little Endian (pydicom)."""
+    if not len(explicit_le):
+        return b""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    fp = DicomBytesIO(bytes(explicit_le))
+    ds = read_dataset(fp, is_implicit_VR=False, is_little_endian=True)  # type: ignore[arg-type]
+    return _write(ds, IMPLICIT_VR_LE)
