@@ -74,6 +74,8 @@ class AssociationRequest:
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
     application_context: str = APPLICATION_CONTEXT
+    #: SCP/SCU Role Selection (PS3.7 D.3.3.4): (abstract syntax, SCU role, SCP role) of the requestor
+    roles: tuple[tuple[str, bool, bool], ...] = ()
 
 
 @dataclass
@@ -85,6 +87,7 @@ class AssociationAccept:
     implementation_class_uid: str = ""
     implementation_version_name: str = ""
     user_identity_response: bytes | None = None
+    roles: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # abstract syntax -> (SCU, SCP)
 
     def accepted(self) -> dict[int, str]:
         """Context ID -> accepted transfer syntax, for accepted contexts only."""
@@ -148,6 +151,9 @@ def encode_request(request: AssociationRequest) -> bytes:
     ]
     if request.implementation_version_name:
         user.append(_item(0x55, request.implementation_version_name.encode("ascii")))
+    for abstract, scu, scp in request.roles:
+        uid = abstract.encode("ascii")
+        user.append(_item(0x54, struct.pack(">H", len(uid)) + uid + bytes((int(scu), int(scp)))))
     identity = request.user_identity
     if identity is not None:
         secondary = identity.secondary if identity.kind == 2 else b""
@@ -206,7 +212,20 @@ def decode_accept(body: bytes | bytearray) -> AssociationAccept:
                 elif sub_type == 0x59 and len(sub) >= 2:
                     (n,) = struct.unpack(">H", sub[:2])
                     accept.user_identity_response = bytes(sub[2 : 2 + n])
+                elif sub_type == 0x54:
+                    role = _role(sub)
+                    accept.roles[role[0]] = role[1:]
     return accept
+
+
+def _role(sub: bytes) -> tuple[str, bool, bool]:
+    """An SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4): abstract syntax, SCU role, SCP role."""
+    if len(sub) < 2:
+        raise ProtocolError("short SCP/SCU role selection sub-item")
+    (n,) = struct.unpack_from(">H", sub, 0)
+    if 2 + n + 2 != len(sub):
+        raise ProtocolError("SCP/SCU role selection sub-item of the wrong length")
+    return _uid_text(sub[2 : 2 + n]), bool(sub[2 + n]), bool(sub[3 + n])
 
 
 def decode_reject(body: bytes | bytearray) -> AssociationRejected:
@@ -282,6 +301,7 @@ def decode_request(body: bytes | bytearray) -> tuple[AssociationRequest, Violati
     max_pdu = 0
     impl_uid = impl_version = ""
     identity = None
+    roles: list[tuple[str, bool, bool]] = []
     user_information = False
     for item_type, payload in _iter_items(body, 68, len(body)):
         if item_type == 0x10:
@@ -318,6 +338,8 @@ def decode_request(body: bytes | bytearray) -> tuple[AssociationRequest, Violati
                     impl_version = sub.decode("ascii", "replace").strip(" \0")
                 elif sub_type == 0x58:
                     identity = _user_identity(sub)
+                elif sub_type == 0x54:
+                    roles.append(_role(sub))
     if not contexts:
         violated(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON,
                  "no presentation context proposed")
@@ -333,6 +355,7 @@ def decode_request(body: bytes | bytearray) -> tuple[AssociationRequest, Violati
         implementation_class_uid=impl_uid,
         implementation_version_name=impl_version,
         application_context=application_context,
+        roles=tuple(roles),
     )
     return request, violation
 
@@ -361,6 +384,7 @@ def encode_accept(
     max_pdu: int,
     user_identity_response: bytes | None = None,
     ae_title: str | None = None,
+    roles: dict[str, tuple[bool, bool]] | None = None,
 ) -> bytes:
     """Return the body of an A-ASSOCIATE-AC answering `request`.
 
@@ -370,6 +394,9 @@ def encode_accept(
         Context ID -> (result, transfer syntax); a rejected context's syntax is ignored.
     max_pdu : int
         Our maximum receive PDU length (0 = unlimited).
+    roles : dict, optional
+        Abstract syntax -> (SCU role, SCP role) of the requestor that this side accepts: answered with an
+        SCP/SCU Role Selection sub-item each.
     """
     from pynetdicom import pdu as _pdu
     from pynetdicom import pdu_primitives as _prim
@@ -396,6 +423,12 @@ def encode_accept(
         ui = _prim.UserIdentityNegotiation()
         ui.server_response = user_identity_response
         items.append(ui)
+    for abstract, (scu, scp) in (roles or {}).items():
+        role = _prim.SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = abstract
+        role.scu_role = scu
+        role.scp_role = scp
+        items.append(role)
     primitive.user_information = items
     pdu = _pdu.A_ASSOCIATE_AC()
     pdu.from_primitive(primitive)
