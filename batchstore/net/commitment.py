@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..dicom.uids import EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from ..dicom.walk import UNDEFINED, Source, WalkError, fmt_tag, read_header, walk_dataset, walk_items
 from . import dimse
 from .errors import ProtocolError
 from .pdu import iter_pdvs, pdata_parts
@@ -162,6 +163,46 @@ def decode_event(data: bytes, transfer_syntax: str, event_type: int) -> EventRep
     return report
 
 
+_SEQUENCES = (0x00081199, 0x00081198)  # Referenced SOP Sequence, Failed SOP Sequence
+_ITEM = 0xFFFEE000
+
+
+def check_lengths(data: bytes | memoryview, explicit: bool, little: bool, depth: int = 0) -> None:
+    """Check that every element, item and nested element of `data` fits in its container (pydicom
+    would read a value cut short as a shorter value: a truncated UID is another UID).
+
+    Raises
+    ------
+    WalkError
+        Naming the element that does not fit.
+    """
+    if depth > 4:
+        raise WalkError("commitment data set nested too deeply")
+    src = Source(-1, len(data), data)
+    pos = 0
+    while pos < len(data):
+        tag, vr, length, vpos = read_header(src, pos, explicit, little)
+        if length == UNDEFINED:
+            pos = walk_items(src, vpos, explicit, little, tag, depth + 1)
+            continue
+        if length > len(data) - vpos:
+            raise WalkError(f"element {fmt_tag(tag)} needs {length} bytes, {len(data) - vpos} remain")
+        if vr == b"SQ" or (vr is None and tag in _SEQUENCES):
+            item = vpos
+            while item < vpos + length:
+                item_tag, _vr, item_length, start = read_header(Source(-1, vpos + length, data), item, False, little)
+                if item_tag != _ITEM:
+                    raise WalkError(f"{fmt_tag(item_tag)} in {fmt_tag(tag)} is not an item")
+                if item_length == UNDEFINED:
+                    item = walk_dataset(Source(-1, vpos + length, data), start, explicit, little, True, depth + 1)
+                    continue
+                if item_length > vpos + length - start:
+                    raise WalkError(f"an item of {fmt_tag(tag)} runs past the end of the sequence")
+                check_lengths(memoryview(data)[start : start + item_length], explicit, little, depth + 1)
+                item = start + item_length
+        pos = vpos + length
+
+
 def _decode(data: bytes, transfer_syntax: str) -> Any:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
@@ -171,6 +212,10 @@ def _decode(data: bytes, transfer_syntax: str) -> Any:
     if len(data) > MAX_DATA_SET:
         raise ProtocolError(f"commitment data set of {len(data)} bytes (at most {MAX_DATA_SET})")
     implicit, little = _DECODABLE[transfer_syntax]
+    try:
+        check_lengths(data, not implicit, little)
+    except WalkError as exc:
+        raise ProtocolError(f"cannot decode the commitment data set: {exc}") from None
     try:
         ds = read_dataset(DicomBytesIO(bytes(data)), implicit, little)  # type: ignore[arg-type]
         ds.get("TransactionUID")  # parse now, so that a malformed element fails here
@@ -230,6 +275,11 @@ class MessageAssembler:
         self._command = bytearray()
         self._data = bytearray()
         self._pending: Message | None = None  # a command whose data set is still arriving
+
+    @property
+    def busy(self) -> bool:
+        """True while a message is partly received."""
+        return bool(self._command) or self._pending is not None
 
     def feed(self, body: bytes | bytearray) -> list[Message]:
         """Return the messages `body` completes (usually none or one)."""

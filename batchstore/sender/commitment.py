@@ -163,8 +163,8 @@ class _Session:
         scu = self.scu
         while scu is not None and scu.stream is not None:
             stream = scu.stream
-            if not block and not stream.input_pending():
-                return None
+            if not (block or self.assembler.busy) and not stream.input_pending():
+                return None  # (a message partly received is always read to its end)
             try:
                 pdu_type, body = stream.read_pdu()
             except (OSError, NetError) as exc:
@@ -182,7 +182,6 @@ class _Session:
                     self._report_on_association(message)
                 else:
                     return message
-            block = block or bool(stream.pending())
         return None
 
     def _report_on_association(self, message: sc.Message) -> None:
