@@ -3,7 +3,8 @@
 
 A file is *done* only after a C-STORE-RSP with a success or warning status was journaled for it. A run
 with ``--journal FILE`` registers its inputs, skips those that are done and unchanged (same size and
-mtime), and journals outcomes in one transaction per chunk the coordinator receives. The database runs
+mtime), and journals outcomes in one transaction per chunk the coordinator receives. A done file the peer
+reported it could not commit (storage commitment, `journal_commit`) is sent again. The database runs
 in WAL mode with ``synchronous=NORMAL``: a commit survives the death of the process (SIGKILL), not
 necessarily a power cut, and costs no fsync on the hot path.
 
@@ -284,9 +285,10 @@ class Journal:
             self._unregistered.extend(todo)
         else:
             known = {
-                row[0]: (row[1], row[2], row[3])
-                for row in self.db.execute("SELECT path, size, mtime_ns, category FROM files")
+                row[0]: (row[1], row[2], row[3], row[4])
+                for row in self.db.execute("SELECT path, size, mtime_ns, category, commit_state FROM files")
             }
+            uncommitted = []  # done, but the peer reported it could not commit them: sent again
             for inst in instances:
                 key = self._key(inst.path)
                 previous = known.get(key)
@@ -295,6 +297,12 @@ class Journal:
                     todo.append(inst)
                 elif previous[2] not in DONE:
                     todo.append(inst)
+                elif previous[3] == jc.FAILED:
+                    todo.append(inst)
+                    uncommitted.append((key,))
+            if uncommitted:
+                with self.db:
+                    self.db.executemany(f"UPDATE files SET {jc.reset_sql()} WHERE path = ?", uncommitted)
         now = time.time()
         for failure in failures:
             try:

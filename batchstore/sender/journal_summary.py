@@ -69,8 +69,9 @@ class JournalSummary:
             lines.append(f"{self.failed_permanent} permanent failure(s): retrying will not help them.")
         elif self.uncommitted:
             lines.append(
-                f"{self.uncommitted} stored file(s) not committed by the peer: run batchstore commit with this "
-                "journal to ask again (files it reported failed need sending again)."
+                f"{self.uncommitted} stored file(s) not committed by the peer: rerun the send command with "
+                "--commit and this journal (files it reported failed are sent again), or batchstore commit "
+                "to ask again."
             )
         elif self.files:
             lines.append("Complete: every file is done" + (" and committed." if c["transactions"] else "."))
