@@ -137,9 +137,11 @@ def test_orthanc_commits_what_it_has_and_reports_a_deleted_instance_failed(tmp_p
         lost = sorted(second.uids())[2]
         found = requests.post(f"{orthanc.url}/tools/lookup", data=lost, timeout=10).json()
         requests.delete(f"{orthanc.url}/instances/{found[0]['ID']}", timeout=10).raise_for_status()
+        unknown = run_cli("commit", "-aet", "STRANGER", *commit, str(tmp_path / "b.db"))
         proc_b = run_cli("commit", "-aet", "MIGRATOR", *commit, str(tmp_path / "b.db"))
         in_orthanc = orthanc.instance_uids()
     assert "new association from" in proc.stderr
+    assert unknown.returncode == EXIT_NOT_COMMITTED and "does it know the calling AE title" in unknown.stderr
     code, states = journal_states(tmp_path / "a.db", tmp_path)
     assert code == EXIT_OK and set(states) == first.uids() <= in_orthanc
     assert {row["commitment"] for row in states.values()} == {"committed"}

@@ -13,7 +13,7 @@ import click
 
 from ..sender.commitment import CommitOptions, commit_journal
 from ..sender.journal import Journal, JournalError
-from ..sender.report import EXIT_ERROR, EXIT_USAGE
+from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_COMMITTED, EXIT_OK, EXIT_USAGE
 from ..sender.scu import AssociationOptions
 from .common import logging_options, setup_logging, tls_options, tls_settings
 
@@ -87,9 +87,14 @@ def run_commit(journal_path: str, assoc: AssociationOptions, options: CommitOpti
     except JournalError as exc:
         click.echo(f"batchstore: {exc}", err=True)
         return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED  # what was answered is journaled; a rerun asks for the rest
     if not quiet:
         click.echo("\n".join(result.lines()), err=True)
-    return summary.exit_code()
+    code = summary.exit_code()
+    if code == EXIT_OK and not result.complete:
+        return EXIT_NOT_COMMITTED  # e.g. a peer that does not do storage commitment: nothing was asked
+    return code
 
 
 @click.command("commit", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

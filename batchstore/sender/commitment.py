@@ -78,7 +78,7 @@ class CommitResult:
             f"Commitment requested:  {self.requested} file(s) in {self.transactions} transaction(s)",
             f"Committed:             {self.committed}",
             f"Commitment failed:     {self.failed}",
-            f"No report:             {self.unanswered}",
+            f"Not committed yet:     {self.unanswered}",
         ]
         out += [f"Commitment error:      {e}" for e in self.errors]
         return out
@@ -142,7 +142,10 @@ class _Session:
         while True:  # the N-ACTION-RSP; a report may come first
             message = self._read_same(block=True)
             if message is None:
-                raise ProtocolError("the association ended before the N-ACTION-RSP")
+                raise ProtocolError(
+                    "the peer ended the association before answering the N-ACTION-RQ (does it know the calling "
+                    "AE title, -aet? Orthanc: DicomModalities)"
+                )
             cmd = message.command
             if cmd.command_field != dimse.N_ACTION_RSP:
                 raise ProtocolError(f"unexpected command 0x{cmd.command_field:04X} instead of N-ACTION-RSP")
@@ -289,8 +292,8 @@ def commit_journal(journal_path: str, assoc: AssociationOptions, options: Commit
                 ).start()
             for start in range(0, len(files), options.batch_size):
                 batch = files[start : start + options.batch_size]
-                session.request(batch, 1)
                 result.requested += len(batch)
+                session.request(batch, 1)
             session.wait()
         except (OSError, NetError, ProtocolError) as exc:
             from .outcomes import describe_error
@@ -302,6 +305,11 @@ def commit_journal(journal_path: str, assoc: AssociationOptions, options: Commit
                 session.scu = None
             if session.outstanding:
                 session.wait()  # reports on the listener may still come
+        except BaseException:  # interrupted: no release handshake to wait for
+            if session.scu is not None:
+                session.scu.abort()
+                session.scu = None
+            raise
         finally:
             session.close()
             if listener is not None:
