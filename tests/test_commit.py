@@ -39,7 +39,9 @@ def test_send_commit_on_the_same_association(tmp_path: Path) -> None:
                        "--commit-batch", "5", "--commit-timeout", "20", LOOPBACK, str(scp.port), str(tmp_path / "in"))  # fmt: skip
         log = scp.log()
     assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
-    assert "3 transaction(s)" in proc.stderr and proc.stderr.count("(same association)") == 3, proc.stderr[-3000:]
+    assert "3 transaction(s)" in proc.stderr and proc.stderr.count("(same association)") == 3, proc.stderr[
+        -3000:
+    ]
     assert log.count("storage commitment, transaction") == 3
     code, states = journal_states(journal, tmp_path)
     assert code == EXIT_OK

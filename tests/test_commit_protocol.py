@@ -146,7 +146,10 @@ def test_every_truncation_of_a_report_is_a_protocol_error_or_a_subset() -> None:
             report = sc.decode_event(whole[:end], EXPLICIT, sc.EVENT_SOME_FAILED)
         except ProtocolError:
             continue
-        assert report.transaction_uid == "1.2.9.9" and report.failed in ([], [sc.Reference(CT, "1.2.3.2", 0x0112)])
+        assert report.transaction_uid == "1.2.9.9" and report.failed in (
+            [],
+            [sc.Reference(CT, "1.2.3.2", 0x0112)],
+        )
 
 
 def test_message_assembler_reassembles_fragments_and_enforces_bounds() -> None:
@@ -177,7 +180,10 @@ def test_message_assembler_reassembles_fragments_and_enforces_bounds() -> None:
 
 def test_role_selection_in_both_directions_agrees_with_pynetdicom() -> None:
     request = acse.AssociationRequest(
-        "PACS", "BSCU", ((1, sc.STORAGE_COMMITMENT, (EXPLICIT,)),), roles=((sc.STORAGE_COMMITMENT, False, True),)
+        "PACS",
+        "BSCU",
+        ((1, sc.STORAGE_COMMITMENT, (EXPLICIT,)),),
+        roles=((sc.STORAGE_COMMITMENT, False, True),),
     )
     body = acse.encode_request(request)
     rq = pn_pdu.A_ASSOCIATE_RQ()
@@ -187,12 +193,16 @@ def test_role_selection_in_both_directions_agrees_with_pynetdicom() -> None:
     decoded, violation = acse.decode_request(body)
     assert violation is None and decoded.roles == ((sc.STORAGE_COMMITMENT, False, True),)
 
-    accept = acse.encode_accept(decoded, {1: (acse.PC_ACCEPTANCE, EXPLICIT)}, 16384, roles={sc.STORAGE_COMMITMENT: (False, True)})
+    accept = acse.encode_accept(
+        decoded, {1: (acse.PC_ACCEPTANCE, EXPLICIT)}, 16384, roles={sc.STORAGE_COMMITMENT: (False, True)}
+    )
     ac = pn_pdu.A_ASSOCIATE_AC()
     ac.decode(bytes((2, 0)) + len(accept).to_bytes(4, "big") + accept)
     primitive = ac.to_primitive()
     answered = [i for i in primitive.user_information if isinstance(i, prim.SCP_SCU_RoleSelectionNegotiation)]
-    assert [(r.sop_class_uid, r.scu_role, r.scp_role) for r in answered] == [(sc.STORAGE_COMMITMENT, False, True)]
+    assert [(r.sop_class_uid, r.scu_role, r.scp_role) for r in answered] == [
+        (sc.STORAGE_COMMITMENT, False, True)
+    ]
     assert acse.decode_accept(accept).roles == {sc.STORAGE_COMMITMENT: (False, True)}
     role_item = b"\x54\x00\x00\x18\x00\x14"  # sub-item of 24 bytes: a UID of 20, then the two roles
     assert accept.count(role_item) == 1 and body.count(role_item) == 1

@@ -46,11 +46,14 @@ def commit_options(fn: Callable) -> Callable:
             click.option(
                 "--commit-port",
                 type=click.IntRange(0, 65535),
-                help="Listen on this port for reports the peer sends on an association it opens (the peer must "
-                "know this host, port and AE title); without it, reports come on the same association.",
+                help="Listen on this port for reports the peer sends on an association it opens (the peer "
+                "must know this host, port and AE title); without it, reports come on the same association.",
             ),
             click.option(
-                "--commit-host", default="0.0.0.0", show_default=True, help="Address the --commit-port listener binds."
+                "--commit-host",
+                default="0.0.0.0",
+                show_default=True,
+                help="Address the --commit-port listener binds.",
             ),
             click.option(
                 "--commit-aet",
@@ -103,8 +106,12 @@ def run_commit(journal_path: str, assoc: AssociationOptions, options: CommitOpti
 @click.option("-aet", "--aetitle", default="STORESCU", show_default=True, help="My calling AE title.")
 @click.option("-aec", "--call", help="Called AE title of the peer (default: the journal's destination).")
 @click.option("-to", "--timeout", type=click.IntRange(min=1), help="Timeout for connection requests (s).")
-@click.option("-ta", "--acse-timeout", type=click.IntRange(min=1), default=30, help="Timeout for ACSE messages (s).")
-@click.option("-ts", "--socket-timeout", type=click.IntRange(min=0), default=60, help="Socket timeout (s, 0: none).")
+@click.option(
+    "-ta", "--acse-timeout", type=click.IntRange(min=1), default=30, help="Timeout for ACSE messages (s)."
+)
+@click.option(
+    "-ts", "--socket-timeout", type=click.IntRange(min=0), default=60, help="Socket timeout (s, 0: none)."
+)
 @commit_options
 @tls_options()
 def command(journal_path: str, **kw: Any) -> None:

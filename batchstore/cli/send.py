@@ -410,9 +410,13 @@ def command(ctx: click.Context, **kw: Any) -> None:
                 log.error("%s: %s", outcome.path, outcome.error)
         click.echo("\n".join(report.summary_lines()), err=True)
     ctx.meta["send_done"] = True
-    code = report.dcmtk_exit_code(halt_on_failure=not kw["no_halt"]) if kw["dcmtk_exit_codes"] else report.exit_code()
+    if kw["dcmtk_exit_codes"]:
+        code = report.dcmtk_exit_code(halt_on_failure=not kw["no_halt"])
+    else:
+        code = report.exit_code()
     if commit is not None and not report.interrupted:
-        committed = run_commit(str(kw["journal_path"]), _commit_association(kw, options), commit, bool(kw["quiet"]))
+        assoc = _commit_association(kw, options)
+        committed = run_commit(str(kw["journal_path"]), assoc, commit, bool(kw["quiet"]))
         if code == 0 and committed != 0:
             code = committed  # stored, but not all committed (7)
     sys.exit(code)

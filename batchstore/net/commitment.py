@@ -190,11 +190,15 @@ def check_lengths(data: bytes | memoryview, explicit: bool, little: bool, depth:
         if vr == b"SQ" or (vr is None and tag in _SEQUENCES):
             item = vpos
             while item < vpos + length:
-                item_tag, _vr, item_length, start = read_header(Source(-1, vpos + length, data), item, False, little)
+                item_tag, _vr, item_length, start = read_header(
+                    Source(-1, vpos + length, data), item, False, little
+                )
                 if item_tag != _ITEM:
                     raise WalkError(f"{fmt_tag(item_tag)} in {fmt_tag(tag)} is not an item")
                 if item_length == UNDEFINED:
-                    item = walk_dataset(Source(-1, vpos + length, data), start, explicit, little, True, depth + 1)
+                    item = walk_dataset(
+                        Source(-1, vpos + length, data), start, explicit, little, True, depth + 1
+                    )
                     continue
                 if item_length > vpos + length - start:
                     raise WalkError(f"an item of {fmt_tag(tag)} runs past the end of the sequence")
@@ -221,7 +225,11 @@ def _decode(data: bytes, transfer_syntax: str) -> Any:
         ds.get("TransactionUID")  # parse now, so that a malformed element fails here
         for name in ("ReferencedSOPSequence", "FailedSOPSequence"):
             for item in ds.get(name) or ():
-                item.get("ReferencedSOPClassUID"), item.get("ReferencedSOPInstanceUID"), item.get("FailureReason")
+                (
+                    item.get("ReferencedSOPClassUID"),
+                    item.get("ReferencedSOPInstanceUID"),
+                    item.get("FailureReason"),
+                )
     except Exception as exc:  # pydicom raises many kinds for malformed input: all mean "cannot decode"
         raise ProtocolError(f"cannot decode the commitment data set: {exc}") from None
     return ds

@@ -226,7 +226,13 @@ def n_action_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, acti
 
 
 def _n_rq(
-    field: int, message_id: int, uid_elems: tuple[int, int], sop_class: str, instance: str, type_elem: int, kind: int
+    field: int,
+    message_id: int,
+    uid_elems: tuple[int, int],
+    sop_class: str,
+    instance: str,
+    type_elem: int,
+    kind: int,
 ) -> bytes:
     """An N-service request with a data set: SOP class, command, message ID, SOP instance, type ID."""
     return encode_command(
@@ -241,9 +247,13 @@ def _n_rq(
     )
 
 
-def n_action_rsp(message_id: int, sop_class_uid: str, sop_instance_uid: str, action_type: int, status: int) -> bytes:
+def n_action_rsp(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, action_type: int, status: int
+) -> bytes:
     """Return the encoded N-ACTION-RSP command set, without an Action Reply data set."""
-    return _n_rsp(N_ACTION_RSP, message_id, sop_class_uid, sop_instance_uid, status, ACTION_TYPE_ID, action_type)
+    return _n_rsp(
+        N_ACTION_RSP, message_id, sop_class_uid, sop_instance_uid, status, ACTION_TYPE_ID, action_type
+    )
 
 
 def n_event_report_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type: int) -> bytes:
@@ -256,11 +266,19 @@ def n_event_report_rsp(
     message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type: int, status: int
 ) -> bytes:
     """Return the encoded N-EVENT-REPORT-RSP command set, without an Event Reply data set."""
-    return _n_rsp(N_EVENT_REPORT_RSP, message_id, sop_class_uid, sop_instance_uid, status, EVENT_TYPE_ID, event_type)
+    return _n_rsp(
+        N_EVENT_REPORT_RSP, message_id, sop_class_uid, sop_instance_uid, status, EVENT_TYPE_ID, event_type
+    )
 
 
 def _n_rsp(
-    field: int, message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int, type_elem: int, kind: int
+    field: int,
+    message_id: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    status: int,
+    type_elem: int,
+    kind: int,
 ) -> bytes:
     elements = [(AFFECTED_SOP_CLASS_UID, _ui(sop_class_uid))] if encodable_uid(sop_class_uid) else []
     elements += [

@@ -52,7 +52,9 @@ def commit_on_disk(output_dir: str, references: list[sc.Reference], fsync: bool)
         if inst is None:
             report.failed.append(sc.Reference(ref.sop_class_uid, ref.sop_instance_uid, sc.NO_SUCH_INSTANCE))
         elif inst.sop_class_uid != ref.sop_class_uid:
-            report.failed.append(sc.Reference(ref.sop_class_uid, ref.sop_instance_uid, sc.CLASS_INSTANCE_CONFLICT))
+            report.failed.append(
+                sc.Reference(ref.sop_class_uid, ref.sop_instance_uid, sc.CLASS_INSTANCE_CONFLICT)
+            )
         else:
             if fsync:
                 fsync_path(inst.path)
@@ -96,12 +98,21 @@ class CommitmentSCP:
         """An N-ACTION-RQ (its data set follows) or the N-EVENT-REPORT-RSP to a report sent here."""
         if command.command_field == dimse.N_EVENT_REPORT_RSP:
             status = command.status if command.status is not None else 0xFFFF
-            log.log(logging.INFO if status == 0 else logging.WARNING,
-                    "N-EVENT-REPORT-RSP (MsgID %d): status 0x%04X", command.message_id_responded, status)
+            log.log(
+                logging.INFO if status == 0 else logging.WARNING,
+                "N-EVENT-REPORT-RSP (MsgID %d): status 0x%04X",
+                command.message_id_responded,
+                status,
+            )
             return
         if not command.data_set_present:
             raise ProtocolError("N-ACTION-RQ without its Action Information")
-        self._action, self._context, self._ts, self._calling_ae = command, context, transfer_syntax, calling_ae
+        self._action, self._context, self._ts, self._calling_ae = (
+            command,
+            context,
+            transfer_syntax,
+            calling_ae,
+        )
         self._data.clear()
 
     def data(self, context: int, control: int, fragment: memoryview) -> None:
@@ -137,7 +148,11 @@ class CommitmentSCP:
         self.send(
             self._context,
             dimse.n_action_rsp(
-                action.message_id, sc.STORAGE_COMMITMENT, sc.STORAGE_COMMITMENT_INSTANCE, action_type or 0, status
+                action.message_id,
+                sc.STORAGE_COMMITMENT,
+                sc.STORAGE_COMMITMENT_INSTANCE,
+                action_type or 0,
+                status,
             ),
             None,
         )
@@ -153,7 +168,9 @@ class CommitmentSCP:
         )
         if self.settings.reply_to is None:
             self._message_id = self._message_id % 0xFFFF + 1
-            self.send(self._context, _event_command(self._message_id, report), sc.encode_event(report, self._ts))
+            self.send(
+                self._context, _event_command(self._message_id, report), sc.encode_event(report, self._ts)
+            )
         else:
             self._report_on_new_association(report)
 
@@ -161,13 +178,17 @@ class CommitmentSCP:
         host, port = self.settings.reply_to  # type: ignore[misc]
         called = self.settings.reply_aet or self._calling_ae
         try:
-            report_on_new_association(host, port, self.options.ae_title, called, report, self.options.socket_timeout)
+            report_on_new_association(
+                host, port, self.options.ae_title, called, report, self.options.socket_timeout
+            )
         except (OSError, NetError) as exc:
             log.error("storage commitment report to %s at %s:%d not delivered: %s", called, host, port, exc)
 
 
 def _event_command(message_id: int, report: sc.EventReport) -> bytes:
-    return dimse.n_event_report_rq(message_id, sc.STORAGE_COMMITMENT, sc.STORAGE_COMMITMENT_INSTANCE, report.event_type)
+    return dimse.n_event_report_rq(
+        message_id, sc.STORAGE_COMMITMENT, sc.STORAGE_COMMITMENT_INSTANCE, report.event_type
+    )
 
 
 def report_on_new_association(

@@ -113,10 +113,14 @@ class ReportListener:
         request, violation = acse.decode_request(body)
         if violation is not None:
             log.error("commitment report association from %s rejected: %s", address[0], violation.text)
-            stream.pdu(A_ASSOCIATE_RJ, acse.encode_reject(violation.result, violation.source, violation.reason))
+            stream.pdu(
+                A_ASSOCIATE_RJ, acse.encode_reject(violation.result, violation.source, violation.reason)
+            )
             return
         results, roles = negotiate(request)
-        stream.pdu(A_ASSOCIATE_AC, acse.encode_accept(request, results, MAX_PDU, ae_title=self.ae_title, roles=roles))
+        stream.pdu(
+            A_ASSOCIATE_AC, acse.encode_accept(request, results, MAX_PDU, ae_title=self.ae_title, roles=roles)
+        )
         accepted = {cid: ts for cid, (result, ts) in results.items() if result == acse.PC_ACCEPTANCE}
         log.info("commitment report association from %s (%s) accepted", request.calling_ae, address[0])
         stream.max_pdu = MAX_PDU
@@ -160,7 +164,9 @@ class ReportListener:
         )
 
 
-def negotiate(request: acse.AssociationRequest) -> tuple[dict[int, tuple[int, str]], dict[str, tuple[bool, bool]]]:
+def negotiate(
+    request: acse.AssociationRequest,
+) -> tuple[dict[int, tuple[int, str]], dict[str, tuple[bool, bool]]]:
     """Accept Storage Commitment (and Verification) in an explicit or implicit little endian syntax, and
     the SCP role the requestor asks for Storage Commitment."""
     results: dict[int, tuple[int, str]] = {}
@@ -170,5 +176,7 @@ def negotiate(request: acse.AssociationRequest) -> tuple[dict[int, tuple[int, st
             continue
         ts = next((t for t in sc.TRANSFER_SYNTAXES if t in syntaxes), "")
         results[cid] = (acse.PC_ACCEPTANCE, ts) if ts else (acse.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
-    roles = {abstract: (scu, scp) for abstract, scu, scp in request.roles if abstract == sc.STORAGE_COMMITMENT}
+    roles = {
+        abstract: (scu, scp) for abstract, scu, scp in request.roles if abstract == sc.STORAGE_COMMITMENT
+    }
     return results, roles

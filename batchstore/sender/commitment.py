@@ -134,7 +134,9 @@ class _Session:
         refs = [sc.Reference(cls, inst) for _path, cls, inst in files]
         jc.record_request(self.db, tx, [path for path, _c, _i in files], self.journal.destination_id, attempt)
         message_id = scu._next_message_id()
-        command = dimse.n_action_rq(message_id, sc.STORAGE_COMMITMENT, sc.STORAGE_COMMITMENT_INSTANCE, sc.ACTION_REQUEST)
+        command = dimse.n_action_rq(
+            message_id, sc.STORAGE_COMMITMENT, sc.STORAGE_COMMITMENT_INSTANCE, sc.ACTION_REQUEST
+        )
         data = sc.encode_action(tx, refs, self.ts)
         scu.stream.send_parts(sc.message_parts(1, command, data, scu.send_pdu))
         log.info("storage commitment requested: %d instance(s), transaction %s", len(refs), tx)
@@ -143,14 +145,16 @@ class _Session:
             message = self._read_same(block=True)
             if message is None:
                 raise ProtocolError(
-                    "the peer ended the association before answering the N-ACTION-RQ (does it know the calling "
-                    "AE title, -aet? Orthanc: DicomModalities)"
+                    "the peer ended the association before answering the N-ACTION-RQ (does it know the "
+                    "calling AE title, -aet? Orthanc: DicomModalities)"
                 )
             cmd = message.command
             if cmd.command_field != dimse.N_ACTION_RSP:
                 raise ProtocolError(f"unexpected command 0x{cmd.command_field:04X} instead of N-ACTION-RSP")
             if cmd.message_id_responded != message_id:
-                raise ProtocolError(f"N-ACTION-RSP to message {cmd.message_id_responded}, expected {message_id}")
+                raise ProtocolError(
+                    f"N-ACTION-RSP to message {cmd.message_id_responded}, expected {message_id}"
+                )
             break
         status = cmd.status if cmd.status is not None else 0xFFFF
         if status != 0 and status & 0xF000 != 0xB000:
@@ -288,7 +292,10 @@ def commit_journal(journal_path: str, assoc: AssociationOptions, options: Commit
         try:
             if options.port is not None:
                 listener = session.listener = ReportListener(
-                    options.host, options.port, options.ae_title or assoc.calling_ae, assoc.acse_timeout or 30.0
+                    options.host,
+                    options.port,
+                    options.ae_title or assoc.calling_ae,
+                    assoc.acse_timeout or 30.0,
                 ).start()
             for start in range(0, len(files), options.batch_size):
                 batch = files[start : start + options.batch_size]

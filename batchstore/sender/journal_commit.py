@@ -60,7 +60,9 @@ def uncommitted(db: Any) -> list[tuple[str, str, str]]:
     ]
 
 
-def record_request(db: Any, transaction: str, paths: Iterable[str], destination: int | None, attempt: int) -> None:
+def record_request(
+    db: Any, transaction: str, paths: Iterable[str], destination: int | None, attempt: int
+) -> None:
     """Journal a commitment request: its transaction, and each file as requested in it."""
     now = time.time()
     paths = list(paths)
@@ -91,7 +93,9 @@ def record_refusal(db: Any, transaction: str, status: int) -> None:
 
 
 def known_transaction(db: Any, transaction: str) -> bool:
-    return db.execute("SELECT 1 FROM commit_transactions WHERE uid = ?", (transaction,)).fetchone() is not None
+    return (
+        db.execute("SELECT 1 FROM commit_transactions WHERE uid = ?", (transaction,)).fetchone() is not None
+    )
 
 
 def record_report(db: Any, report: EventReport, via: str) -> tuple[int, int]:
@@ -171,7 +175,13 @@ def commit_records(db: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-COMMIT_FIELDS = ["commitment", "commit_transaction_uid", "commit_requested_at", "commit_failure", "commit_updated_at"]
+COMMIT_FIELDS = [
+    "commitment",
+    "commit_transaction_uid",
+    "commit_requested_at",
+    "commit_failure",
+    "commit_updated_at",
+]
 
 
 def _iso(value: float | None) -> str:
@@ -180,4 +190,7 @@ def _iso(value: float | None) -> str:
 
 def reset_sql() -> str:
     """The assignments that put a file's commitment back to "not requested" (it is sent again)."""
-    return "commit_state = '', commit_tx = '', commit_requested = NULL, commit_reason = NULL, commit_updated = NULL"
+    return (
+        "commit_state = '', commit_tx = '', commit_requested = NULL, commit_reason = NULL, "
+        "commit_updated = NULL"
+    )
