@@ -8,6 +8,8 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pynetdicom import pdu as pn_pdu
 from pynetdicom import pdu_primitives as prim
@@ -248,3 +250,47 @@ def test_journal_commitment_states_counts_and_exit_codes(tmp_path: Path) -> None
         assert records["/data/f3.dcm"]["commitment"] == "requested"
         jc.record_report(journal.db, sc.EventReport("1.9.1", 1, [sc.Reference(CT, "1.2.3.3")]), "late")
         assert journal.summary().uncommitted == 1  # only the failed one is left
+
+
+FAST = settings(
+    max_examples=200,
+    deadline=1000,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+    database=None,
+)
+_REPORT = sc.encode_event(
+    sc.EventReport("1.2.9.9", 2, [sc.Reference(CT, "1.2.3.1")], [sc.Reference(CT, "1.2.3.2", 0x0112)]), EXPLICIT
+)
+
+
+@FAST
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6),
+    cut=st.none() | st.integers(0, 400),
+    ts=st.sampled_from([EXPLICIT, IMPLICIT]),
+)
+@pytest.mark.filterwarnings("ignore")
+def test_no_mutated_report_makes_the_decoder_raise_anything_but_protocol_error(
+    edits: list[tuple[int, int]], cut: int | None, ts: str
+) -> None:
+    data = bytearray(_REPORT)
+    for position, value in edits:
+        data[position % len(data)] = value
+    if cut is not None:
+        del data[cut % len(data) :]
+    try:
+        report = sc.decode_event(bytes(data), ts, sc.EVENT_SOME_FAILED)
+    except ProtocolError:
+        return
+    for ref in report.committed + report.failed:  # what is accepted is a well-formed UID
+        assert dimse.encodable_uid(ref.sop_instance_uid) and set(ref.sop_instance_uid) <= set("0123456789.")
+
+
+@FAST
+@given(st.binary(max_size=200))
+def test_no_p_data_body_makes_the_assembler_raise_anything_but_protocol_error(body: bytes) -> None:
+    try:
+        sc.MessageAssembler(max_data=1000).feed(body)
+    except ProtocolError:
+        pass

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchstore.scp")
 
+#: The bound on any PDU the peer of a report association sends (we advertise 16384 bytes).
+REPLY_MAX_PDU = 128 * 1024
 #: Commands `CommitmentSCP.command` takes.
 COMMANDS = frozenset((dimse.N_ACTION_RQ, dimse.N_EVENT_REPORT_RSP))
 
@@ -204,6 +206,7 @@ def report_on_new_association(
     """
     stream = PDUStream(connect(host, port, timeout or 30.0))
     stream.settimeout(timeout or 30.0)
+    stream.max_pdu = REPLY_MAX_PDU  # the A-ASSOCIATE-AC, then PDUs of at most what we advertised
     try:
         request = acse.AssociationRequest(
             calling_ae=calling_ae,

@@ -35,6 +35,8 @@ log = logging.getLogger("batchstore.commit")
 #: The longest A-ASSOCIATE-RQ read from a peer, and the PDU size this side advertises and accepts.
 MAX_ASSOCIATE_RQ = 128 * 1024
 MAX_PDU = 65536
+#: Report associations served at once; a connection beyond them is closed at once.
+MAX_ASSOCIATIONS = 8
 #: N-EVENT-REPORT-RSP status for a report this side cannot read (PS3.7: processing failure).
 PROCESSING_FAILURE = 0x0110
 
@@ -57,6 +59,7 @@ class ReportListener:
         self._sock = socket.create_server((host, port), reuse_port=False)
         self.port = int(self._sock.getsockname()[1])
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_ASSOCIATIONS)
         self._thread = threading.Thread(target=self._accept_loop, name="commit-listener", daemon=True)
 
     def start(self) -> ReportListener:
@@ -87,6 +90,11 @@ class ReportListener:
                 continue
             except OSError:
                 return
+            if not self._slots.acquire(blocking=False):
+                log.warning("commitment report connection from %s closed: %d associations already", address[0],
+                            MAX_ASSOCIATIONS)  # fmt: skip
+                conn.close()
+                continue
             threading.Thread(target=self._serve, args=(conn, address), daemon=True).start()
 
     def _serve(self, conn: socket.socket, address: tuple) -> None:
@@ -102,6 +110,7 @@ class ReportListener:
             log.error("commitment report association from %s: %s", address[0], exc)
         finally:
             stream.close()
+            self._slots.release()
 
     def _association(self, stream: PDUStream, address: tuple) -> None:
         stream.settimeout(self.timeout)
