@@ -141,28 +141,25 @@ class _Session:
         scu.stream.send_parts(sc.message_parts(1, command, data, scu.send_pdu))
         log.info("storage commitment requested: %d instance(s), transaction %s", len(refs), tx)
         self.result.transactions += 1
-        while True:  # the N-ACTION-RSP; a report may come first
-            message = self._read_same(block=True)
-            if message is None:
-                raise ProtocolError(
-                    "the peer ended the association before answering the N-ACTION-RQ (does it know the "
-                    "calling AE title, -aet? Orthanc: DicomModalities)"
-                )
-            cmd = message.command
-            if cmd.command_field != dimse.N_ACTION_RSP:
-                raise ProtocolError(f"unexpected command 0x{cmd.command_field:04X} instead of N-ACTION-RSP")
-            if cmd.message_id_responded != message_id:
-                raise ProtocolError(
-                    f"N-ACTION-RSP to message {cmd.message_id_responded}, expected {message_id}"
-                )
-            break
+        message = self._read_same(block=True)  # the N-ACTION-RSP (reports that come first are handled)
+        if message is None:
+            raise ProtocolError(
+                "the peer ended the association before answering the N-ACTION-RQ (does it know the "
+                "calling AE title, -aet? Orthanc: DicomModalities)"
+            )
+        cmd = message.command
+        if cmd.command_field != dimse.N_ACTION_RSP:
+            raise ProtocolError(f"unexpected command 0x{cmd.command_field:04X} instead of N-ACTION-RSP")
+        if cmd.message_id_responded != message_id:
+            raise ProtocolError(f"N-ACTION-RSP to message {cmd.message_id_responded}, expected {message_id}")
         status = cmd.status if cmd.status is not None else 0xFFFF
         if status != 0 and status & 0xF000 != 0xB000:
             jc.record_refusal(self.db, tx, status)
             self.result.errors.append(f"N-ACTION-RSP status 0x{status:04X} for transaction {tx}")
             log.error("storage commitment request refused: status 0x%04X (transaction %s)", status, tx)
             return
-        self.outstanding[tx] = attempt
+        if not jc.answered(self.db, tx):  # (a report may have come before the N-ACTION-RSP)
+            self.outstanding[tx] = attempt
 
     def _read_same(self, block: bool) -> sc.Message | None:
         """The next message on the association (N-EVENT-REPORT-RQs are answered and journaled on the way,
