@@ -213,7 +213,10 @@ def decode_accept(body: bytes | bytearray) -> AssociationAccept:
                     (n,) = struct.unpack(">H", sub[:2])
                     accept.user_identity_response = bytes(sub[2 : 2 + n])
                 elif sub_type == 0x54:
-                    role = _role(sub)
+                    try:
+                        role = _role(sub)
+                    except ProtocolError:  # not trusted, and no reason to fail a C-STORE association for it
+                        continue
                     accept.roles[role[0]] = role[1:]
     return accept
 
