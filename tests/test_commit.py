@@ -13,6 +13,8 @@ import pytest
 import requests
 from peers import BatchstoreReceiver, Orthanc, batchstore_env, free_port, make_corpus, received_index
 
+import batchstore
+from batchstore.sender.commitment import CommitOptions
 from batchstore.sender.report import EXIT_NOT_COMMITTED, EXIT_OK, EXIT_USAGE
 
 LOOPBACK = "127.0.0.1"
@@ -87,8 +89,8 @@ def test_commit_reported_on_a_new_association_with_a_failure(tmp_path: Path) -> 
 
 def test_a_lost_report_is_asked_again_then_by_a_rerun(tmp_path: Path) -> None:
     """Reports go to a port where nobody listens: the request times out, is asked again once (a new
-    transaction), and the files stay requested (exit 7). ``batchstore commit`` later asks for them again
-    and gets them committed."""
+    transaction), and the files stay requested (exit 7). `batchstore.commit` (the Python API of
+    ``batchstore commit``) later asks for them again and gets them committed."""
     make_corpus(tmp_path / "in", 6, profile="uniform", size=1024)
     journal = tmp_path / "j.db"
     port = free_port()
@@ -104,8 +106,8 @@ def test_a_lost_report_is_asked_again_then_by_a_rerun(tmp_path: Path) -> None:
     assert code == EXIT_NOT_COMMITTED and {row["commitment"] for row in states.values()} == {"requested"}
     first = {row["commit_transaction_uid"] for row in states.values()}
     with BatchstoreReceiver(out, ["--commitment", str(port)], fork=False, port_arg=False):
-        again = run_cli("commit", "--commit-timeout", "20", str(journal))
-    assert again.returncode == EXIT_OK, again.stderr[-3000:]
+        again = batchstore.commit(str(journal), options=CommitOptions(timeout=20))  # the Python API
+    assert again.complete and (again.requested, again.committed, again.transactions) == (6, 6, 1), again
     code, states = journal_states(journal, tmp_path)
     assert code == EXIT_OK and {row["commitment"] for row in states.values()} == {"committed"}
     assert not first & {row["commit_transaction_uid"] for row in states.values()}  # a new transaction

@@ -4,17 +4,16 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from ..sender.commitment import CommitOptions, commit_journal
+from ..api import commit
+from ..sender.commitment import CommitOptions, CommitResult
 from ..sender.journal import Journal, JournalError
 from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_COMMITTED, EXIT_OK, EXIT_USAGE
-from ..sender.scu import AssociationOptions
 from .common import logging_options, setup_logging, tls_options, tls_settings
 
 
@@ -80,11 +79,11 @@ def settings(kw: dict[str, Any]) -> CommitOptions:
     )
 
 
-def run_commit(journal_path: str, assoc: AssociationOptions, options: CommitOptions, quiet: bool) -> int:
-    """Ask for commitment of the journal's stored files; print the result; return the exit code the
-    journal's states mean (0: everything stored and committed, 7: stored, not all committed...)."""
+def run_commit(journal_path: str, ask: Callable[[], CommitResult], quiet: bool) -> int:
+    """Run `ask` (a commitment run on the journal); print its result; return the exit code the journal's
+    states mean (0: everything stored and committed, 7: stored, not all committed...)."""
     try:
-        result = commit_journal(journal_path, assoc, options)
+        result = ask()
         with Journal(journal_path, create=False) as journal:
             summary = journal.summary()
     except JournalError as exc:
@@ -123,30 +122,22 @@ def command(journal_path: str, **kw: Any) -> None:
     """
     setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
     try:
-        with Journal(journal_path, create=False) as journal:
-            current = journal.destination()
-    except JournalError as exc:
-        click.echo(f"batchstore: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
-    if current is None:
-        click.echo(f"batchstore: journal {journal_path} records no destination: nothing was sent", err=True)
-        sys.exit(EXIT_USAGE)
-    destination = current[1]
-    try:
         tls = tls_settings(kw, server=False)
         options = settings(kw)
     except (ValueError, click.BadParameter) as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    assoc = AssociationOptions(
-        host=destination.host,
-        port=destination.port,
-        calling_ae=str(kw["aetitle"]),
-        called_ae=str(kw["call"] or destination.called_ae),
-        family=socket.AF_UNSPEC,
-        connect_timeout=kw["timeout"],
-        acse_timeout=float(kw["acse_timeout"]),
-        socket_timeout=float(kw["socket_timeout"]) or None,
-        tls=tls,
-    )
-    sys.exit(run_commit(journal_path, assoc, options, bool(kw["quiet"])))
+
+    def ask() -> CommitResult:
+        return commit(
+            journal_path,
+            str(kw["aetitle"]),
+            kw["call"],
+            options,
+            acse_timeout=float(kw["acse_timeout"]),
+            socket_timeout=float(kw["socket_timeout"]) or None,
+            connect_timeout=kw["timeout"],
+            tls=tls,
+        )
+
+    sys.exit(run_commit(journal_path, ask, bool(kw["quiet"])))

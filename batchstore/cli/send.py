@@ -16,6 +16,7 @@ from ..api import SendOptions, default_workers, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
 from ..net.acse import UserIdentity
+from ..sender.commitment import commit_journal
 from ..sender.journal import DestinationMismatch, JournalError
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
@@ -415,8 +416,8 @@ def command(ctx: click.Context, **kw: Any) -> None:
     else:
         code = report.exit_code()
     if commit is not None and not report.interrupted:
-        assoc = _commit_association(kw, options)
-        committed = run_commit(str(kw["journal_path"]), assoc, commit, bool(kw["quiet"]))
+        assoc, journal = _commit_association(kw, options), str(kw["journal_path"])
+        committed = run_commit(journal, lambda: commit_journal(journal, assoc, commit), bool(kw["quiet"]))
         if code == 0 and committed != 0:
             code = committed  # stored, but not all committed (7)
     sys.exit(code)
