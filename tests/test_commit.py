@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from peers import BatchstoreReceiver, Orthanc, batchstore_env, free_port, make_corpus, received_index
+from tls_certs import make_pki
 
 import batchstore
 from batchstore.sender.commitment import CommitOptions
@@ -155,3 +156,20 @@ def test_orthanc_commits_what_it_has_and_reports_a_deleted_instance_failed(tmp_p
     assert states[lost]["commitment"] == "failed" and states[lost]["commit_failure"].startswith("0x0112")
     assert {states[uid]["commitment"] for uid in states if uid != lost} == {"committed"}
     assert second.uids() - in_orthanc == {lost}
+
+
+def test_commit_over_tls(tmp_path: Path) -> None:
+    """The commitment request goes over TLS like the files (same +tls options); the report comes back on
+    that association."""
+    pki = make_pki(tmp_path / "pki")
+    corpus = make_corpus(tmp_path / "in", 4, profile="uniform", size=1024)
+    journal = tmp_path / "j.db"
+    server = ["+tls", str(pki.server_key), str(pki.server_cert), "+cf", str(pki.ca), "--commitment"]
+    with BatchstoreReceiver(tmp_path / "out", server, fork=True) as scp:
+        proc = run_cli("send", "+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca), "+sd",
+                       "+r", "--journal", str(journal), "--commit", "--commit-timeout", "20", LOOPBACK,
+                       str(scp.port), str(tmp_path / "in"))  # fmt: skip
+    assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
+    code, states = journal_states(journal, tmp_path)
+    assert code == EXIT_OK and set(states) == corpus.uids()
+    assert {row["commitment"] for row in states.values()} == {"committed"}
