@@ -17,12 +17,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..dicom.part10 import Instance, read_instance
+from ..dicom.uids import modality_prefix
 from ..net import acse, dimse
 from ..net import commitment as sc
 from ..net.errors import NetError, ProtocolError
 from ..net.pdu import P_DATA_TF, PDUStream
 from ..net.sockets import connect
 from .files import TEMP_PREFIX, fsync_directory, fsync_path
+from .naming import sanitize_name
 
 if TYPE_CHECKING:
     from .options import ReceiveOptions
@@ -35,11 +37,31 @@ REPLY_MAX_PDU = 128 * 1024
 COMMANDS = frozenset((dimse.N_ACTION_RQ, dimse.N_EVENT_REPORT_RSP))
 
 
-def commit_on_disk(output_dir: str, references: list[sc.Reference], fsync: bool) -> sc.EventReport:
-    """The report for `references`: each one committed when a file under `output_dir` holds it."""
-    wanted = {ref.sop_instance_uid for ref in references}
+def _named(output_dir: str, references: list[sc.Reference], extension: str) -> dict[str, Instance]:
+    """The instances found under the name the receiver gives them by default (``CT.<uid>``, directly under
+    `output_dir`): one header read per reference instead of one per file on disk."""
     found: dict[str, Instance] = {}
-    for directory, dirs, names in os.walk(output_dir):
+    if not set(extension) <= _PLAIN:
+        return found
+    for ref in references:
+        prefix = sanitize_name(modality_prefix(ref.sop_class_uid))
+        header = read_instance(os.path.join(output_dir, f"{prefix}.{ref.sop_instance_uid}{extension}"))
+        if isinstance(header, Instance) and header.sop_instance_uid == ref.sop_instance_uid:
+            found[ref.sop_instance_uid] = header
+    return found
+
+
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def commit_on_disk(
+    output_dir: str, references: list[sc.Reference], fsync: bool, extension: str = ""
+) -> sc.EventReport:
+    """The report for `references`: each one committed when a file under `output_dir` holds it (looked
+    for under its default name first, then among every file under `output_dir`)."""
+    found = _named(output_dir, references, extension)
+    wanted = {ref.sop_instance_uid for ref in references} - set(found)
+    for directory, dirs, names in os.walk(output_dir) if wanted else ():
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in names:
             if name.startswith(TEMP_PREFIX):
@@ -160,7 +182,8 @@ class CommitmentSCP:
         )
         if status:
             return
-        report = commit_on_disk(self.options.storage.output_dir, refs, self.options.storage.fsync)
+        storage = self.options.storage
+        report = commit_on_disk(storage.output_dir, refs, storage.fsync, storage.extension)
         report.transaction_uid = transaction
         log.info(
             "storage commitment, transaction %s: %d committed, %d failed",
