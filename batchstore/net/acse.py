@@ -151,9 +151,7 @@ def encode_request(request: AssociationRequest) -> bytes:
     ]
     if request.implementation_version_name:
         user.append(_item(0x55, request.implementation_version_name.encode("ascii")))
-    for abstract, scu, scp in request.roles:
-        uid = abstract.encode("ascii")
-        user.append(_item(0x54, struct.pack(">H", len(uid)) + uid + bytes((int(scu), int(scp)))))
+    user += [role_item(abstract, scu, scp) for abstract, scu, scp in request.roles]
     identity = request.user_identity
     if identity is not None:
         secondary = identity.secondary if identity.kind == 2 else b""
@@ -219,6 +217,12 @@ def decode_accept(body: bytes | bytearray) -> AssociationAccept:
                         continue
                     accept.roles[role[0]] = role[1:]
     return accept
+
+
+def role_item(abstract: str, scu: bool, scp: bool) -> bytes:
+    """An SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4) for a request or an accept."""
+    uid = abstract.encode("ascii")
+    return _item(0x54, struct.pack(">H", len(uid)) + uid + bytes((int(scu), int(scp))))
 
 
 def _role(sub: bytes) -> tuple[str, bool, bool]:
