@@ -8,12 +8,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "send"]
+__all__ = ["__version__", "commit", "send"]
 
 
 def __getattr__(name: str):  # lazy: keep `import batchstore` cheap in worker processes
-    if name == "send":
-        from .api import send
+    if name in ("send", "commit"):
+        from . import api
 
-        return send
+        return getattr(api, name)
     raise AttributeError(name)

@@ -34,6 +34,7 @@ from .sender.worker import WorkerConfig
 
 if TYPE_CHECKING:
     from .net.tls import TLSOptions
+    from .sender.commitment import CommitOptions, CommitResult
     from .sender.journal import Journal
 
 log = logging.getLogger("batchstore")
@@ -335,3 +336,46 @@ def _rename_no_clobber(source: str, target: str) -> None:
         os.rename(source, target)
         return
     os.unlink(source)
+
+
+def commit(
+    journal: str,
+    calling_ae: str = "STORESCU",
+    called_ae: str | None = None,
+    options: CommitOptions | None = None,
+    *,
+    acse_timeout: float = 30.0,
+    socket_timeout: float | None = 60.0,
+    connect_timeout: float | None = None,
+    tls: TLSOptions | None = None,
+) -> CommitResult:
+    """Ask the destination the send `journal` records (host, port, called AE title unless `called_ae`) to
+    commit every stored file not committed yet (storage commitment), and journal its answers.
+
+    The per-file states are in the journal (``batchstore journal FILE --report``); the result counts them.
+
+    Raises
+    ------
+    JournalError
+        If `journal` is not a journal, or records no destination (nothing was sent with it).
+    """
+    from .sender.commitment import CommitOptions, commit_journal
+    from .sender.journal import Journal, JournalError
+
+    with Journal(journal, create=False) as opened:
+        current = opened.destination()
+    if current is None:
+        raise JournalError(f"journal {journal} records no destination: nothing was sent with it")
+    destination = current[1]
+    assoc = AssociationOptions(
+        host=destination.host,
+        port=destination.port,
+        calling_ae=calling_ae,
+        called_ae=called_ae or destination.called_ae,
+        family=socket.AF_UNSPEC,
+        connect_timeout=connect_timeout,
+        acse_timeout=acse_timeout,
+        socket_timeout=socket_timeout,
+        tls=tls,
+    )
+    return commit_journal(journal, assoc, options or CommitOptions())

@@ -25,6 +25,7 @@ COMMANDS = {
     "scan": "batchstore.cli.scan",
     "echo": "batchstore.cli.echo",
     "journal": "batchstore.cli.journal",
+    "commit": "batchstore.cli.commit",
 }
 
 

@@ -20,10 +20,11 @@ from ..sender.report import EXIT_ERROR
     "recorded it) as .json or .csv.",
 )
 def command(journal_path: str, report_path: str | None) -> None:
-    """Summarise the send journal FILE: done/failed/pending counts and the last run.
+    """Summarise the send journal FILE: done/failed/pending counts, storage commitment, and the last run.
 
-    Exit status: 0 when every file is done, 5 when some are pending or failed transiently (resume may
-    help), 6 when permanent failures remain, 1 when FILE is not a journal.
+    Exit status: 0 when every file is done (and committed, once commitment was requested), 5 when some are
+    pending or failed transiently (resume may help), 6 when permanent failures remain, 7 when every file is
+    stored but the peer has not committed them all, 1 when FILE is not a journal.
     """
     try:
         with Journal(journal_path, create=False) as journal:
@@ -41,8 +42,4 @@ def command(journal_path: str, report_path: str | None) -> None:
         except OSError as exc:
             click.echo(f"batchstore: cannot write report {report_path}: {exc.strerror}", err=True)
             sys.exit(EXIT_ERROR)
-    if summary.failed_permanent:
-        sys.exit(6)
-    if summary.pending or summary.failed_transient:
-        sys.exit(5)
-    sys.exit(0)
+    sys.exit(summary.exit_code())

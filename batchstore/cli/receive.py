@@ -16,7 +16,13 @@ import click
 
 from .. import __version__
 from ..receiver.events import EventOptions
-from ..receiver.options import DEFAULT_MAX_ASSOCIATIONS, ReceiveOptions, StorageOptions, validate
+from ..receiver.options import (
+    DEFAULT_MAX_ASSOCIATIONS,
+    CommitmentOptions,
+    ReceiveOptions,
+    StorageOptions,
+    validate,
+)
 from ..receiver.server import serve
 from .common import logging_options, require_verbose_for_pc, setup_logging, tls_options, tls_settings
 
@@ -319,6 +325,23 @@ def _pdu_or_unlimited(ctx: click.Context, param: click.Parameter, value: int) ->
     help="Timeout of T seconds for end-of-study determination.",
 )
 @click.option("-xs", "--exec-sync", is_flag=True, help="Execute command synchronously in foreground.")
+# storage commitment (batchstore's own)
+@click.option(
+    "--commitment",
+    is_flag=True,
+    help="Be a Storage Commitment SCP too: commit the requested instances found on disk under -od "
+    "(synced first with --fsync); report on the same association unless --commit-reply-to.",
+)
+@click.option(
+    "--commit-reply-to",
+    metavar="HOST:PORT",
+    help="Send commitment reports on a new association to HOST:PORT (implies --commitment).",
+)
+@click.option(
+    "--commit-reply-aet",
+    metavar="AET",
+    help="Called AE title of that association (default: the AE title that asked for commitment).",
+)
 @click.pass_context
 def command(ctx: click.Context, port: int | None, **kw: Any) -> None:
     """Storage SCP (C-STORE, and C-ECHO): receive DICOM objects on PORT, like storescp.
@@ -419,4 +442,22 @@ def build_options(ctx: click.Context, port: int | None, kw: dict[str, Any]) -> R
         verbose_pc=kw["verbose_pc"],
         storage=storage,
         events=events,
+        commitment=_commitment(kw),
     )
+
+
+def _commitment(kw: dict[str, Any]) -> CommitmentOptions | None:
+    reply = kw["commit_reply_to"]
+    if not (kw["commitment"] or reply):
+        if kw["commit_reply_aet"]:
+            raise ValueError("--commit-reply-aet needs --commit-reply-to")
+        return None
+    if reply is None:
+        return CommitmentOptions(reply_aet=kw["commit_reply_aet"])
+    host, colon, port = str(reply).rpartition(":")
+    if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"--commit-reply-to {reply}: expected HOST:PORT")
+    aet = kw["commit_reply_aet"]
+    if aet is not None and not 1 <= len(aet) <= 16:
+        raise ValueError("--commit-reply-aet must be 1 to 16 characters")
+    return CommitmentOptions((host.strip("[]"), int(port)), aet)

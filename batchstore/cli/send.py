@@ -16,9 +16,13 @@ from ..api import SendOptions, default_workers, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
 from ..net.acse import UserIdentity
+from ..sender.commitment import commit_journal
 from ..sender.journal import DestinationMismatch, JournalError
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
+from ..sender.scu import AssociationOptions
+from .commit import commit_options, run_commit
+from .commit import settings as commit_settings
 from .common import (
     input_options,
     logging_options,
@@ -278,6 +282,14 @@ class _SendCommand(click.Command):
     help="Exit with the codes storescu 3.6.7 uses (1 for errors, a failure status' high byte, 10 for an "
     "aborted association; 0 with -nh) instead of batchstore's own.",
 )
+# storage commitment: after the files are stored, ask the peer to commit them (cli/commit.py)
+@click.option(
+    "--commit",
+    is_flag=True,
+    help="After sending, request storage commitment for the stored files (needs --journal); exit 7 when "
+    "the peer does not commit them all.",
+)
+@commit_options
 @tls_options()
 @click.pass_context
 def command(ctx: click.Context, **kw: Any) -> None:
@@ -300,6 +312,9 @@ def command(ctx: click.Context, **kw: Any) -> None:
         raise click.UsageError("-pwd/--password needs -usr/--user")
     if kw["empty_password"] and not kw["user"]:
         raise click.UsageError("-epw/--empty-password needs -usr/--user")
+    commit = commit_settings(kw) if kw["commit"] else None
+    if commit is not None and not kw["journal_path"]:
+        raise click.UsageError("--commit needs --journal: the journal keeps the commitment transactions")
 
     identity = _user_identity(kw)
     tls = tls_settings(kw, server=False)
@@ -405,8 +420,32 @@ def command(ctx: click.Context, **kw: Any) -> None:
         click.echo("\n".join(report.summary_lines()), err=True)
     ctx.meta["send_done"] = True
     if kw["dcmtk_exit_codes"]:
-        sys.exit(report.dcmtk_exit_code(halt_on_failure=not kw["no_halt"]))
-    sys.exit(report.exit_code())
+        code = report.dcmtk_exit_code(halt_on_failure=not kw["no_halt"])
+    else:
+        code = report.exit_code()
+    if commit is not None and not report.interrupted:
+        assoc, journal = _commit_association(kw, options), str(kw["journal_path"])
+        committed = run_commit(journal, lambda: commit_journal(journal, assoc, commit), bool(kw["quiet"]))
+        if code == 0 and committed != 0:
+            code = committed  # stored, but not all committed (7)
+    sys.exit(code)
+
+
+def _commit_association(kw: dict, options: SendOptions) -> AssociationOptions:
+    """The association of ``--commit``: the send's peer, AE titles, timeouts and TLS."""
+    return AssociationOptions(
+        host=str(kw["peer"]),
+        port=int(kw["port"]),
+        calling_ae=options.calling_ae,
+        called_ae=options.called_ae,
+        family=options.family,
+        connect_timeout=options.connect_timeout,
+        acse_timeout=options.acse_timeout,
+        socket_timeout=options.socket_timeout,
+        dimse_timeout=options.dimse_timeout,
+        user_identity=options.user_identity,
+        tls=options.tls,
+    )
 
 
 def _terminate(signum: int, frame: object) -> None:

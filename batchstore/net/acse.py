@@ -76,6 +76,8 @@ class AssociationRequest:
     implementation_class_uid: str = IMPLEMENTATION_CLASS_UID
     implementation_version_name: str = IMPLEMENTATION_VERSION_NAME
     application_context: str = APPLICATION_CONTEXT
+    #: SCP/SCU Role Selection (PS3.7 D.3.3.4): (abstract syntax, SCU role, SCP role) of the requestor
+    roles: tuple[tuple[str, bool, bool], ...] = ()
 
 
 @dataclass
@@ -87,6 +89,7 @@ class AssociationAccept:
     implementation_class_uid: str = ""
     implementation_version_name: str = ""
     user_identity_response: bytes | None = None
+    roles: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # abstract syntax -> (SCU, SCP)
 
     def accepted(self) -> dict[int, str]:
         """Context ID -> accepted transfer syntax, for accepted contexts only."""
@@ -150,6 +153,7 @@ def encode_request(request: AssociationRequest) -> bytes:
     ]
     if request.implementation_version_name:
         user.append(_item(0x55, request.implementation_version_name.encode("ascii")))
+    user += [role_item(abstract, scu, scp) for abstract, scu, scp in request.roles]
     identity = request.user_identity
     if identity is not None:
         secondary = identity.secondary if identity.kind == 2 else b""
@@ -208,7 +212,29 @@ def decode_accept(body: bytes | bytearray) -> AssociationAccept:
                 elif sub_type == 0x59 and len(sub) >= 2:
                     (n,) = struct.unpack(">H", sub[:2])
                     accept.user_identity_response = bytes(sub[2 : 2 + n])
+                elif sub_type == 0x54:
+                    try:
+                        role = _role(sub)
+                    except ProtocolError:  # not trusted, and no reason to fail a C-STORE association for it
+                        continue
+                    accept.roles[role[0]] = role[1:]
     return accept
+
+
+def role_item(abstract: str, scu: bool, scp: bool) -> bytes:
+    """An SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4) for a request or an accept."""
+    uid = abstract.encode("ascii")
+    return _item(0x54, struct.pack(">H", len(uid)) + uid + bytes((int(scu), int(scp))))
+
+
+def _role(sub: bytes) -> tuple[str, bool, bool]:
+    """An SCP/SCU Role Selection sub-item (PS3.7 D.3.3.4): abstract syntax, SCU role, SCP role."""
+    if len(sub) < 2:
+        raise ProtocolError("short SCP/SCU role selection sub-item")
+    (n,) = struct.unpack_from(">H", sub, 0)
+    if 2 + n + 2 != len(sub):
+        raise ProtocolError("SCP/SCU role selection sub-item of the wrong length")
+    return _uid_text(sub[2 : 2 + n]), bool(sub[2 + n]), bool(sub[3 + n])
 
 
 def decode_reject(body: bytes | bytearray) -> AssociationRejected:
@@ -284,6 +310,7 @@ def decode_request(body: bytes | bytearray) -> tuple[AssociationRequest, Violati
     max_pdu = 0
     impl_uid = impl_version = ""
     identity = None
+    roles: list[tuple[str, bool, bool]] = []
     user_information = False
     for item_type, payload in _iter_items(body, 68, len(body)):
         if item_type == 0x10:
@@ -320,6 +347,8 @@ def decode_request(body: bytes | bytearray) -> tuple[AssociationRequest, Violati
                     impl_version = sub.decode("ascii", "replace").strip(" \0")
                 elif sub_type == 0x58:
                     identity = _user_identity(sub)
+                elif sub_type == 0x54:
+                    roles.append(_role(sub))
     if not contexts:
         violated(RESULT_REJECTED_PERMANENT, SOURCE_SERVICE_USER, REASON_NO_REASON,
                  "no presentation context proposed")
@@ -335,6 +364,7 @@ def decode_request(body: bytes | bytearray) -> tuple[AssociationRequest, Violati
         implementation_class_uid=impl_uid,
         implementation_version_name=impl_version,
         application_context=application_context,
+        roles=tuple(roles),
     )
     return request, violation
 
@@ -363,6 +393,7 @@ def encode_accept(
     max_pdu: int,
     user_identity_response: bytes | None = None,
     ae_title: str | None = None,
+    roles: dict[str, tuple[bool, bool]] | None = None,
 ) -> bytes:
     """Return the body of an A-ASSOCIATE-AC answering `request`.
 
@@ -372,6 +403,9 @@ def encode_accept(
         Context ID -> (result, transfer syntax); a rejected context's syntax is ignored.
     max_pdu : int
         Our maximum receive PDU length (0 = unlimited).
+    roles : dict, optional
+        Abstract syntax -> (SCU role, SCP role) of the requestor that this side accepts: answered with an
+        SCP/SCU Role Selection sub-item each.
     """
     items = [_item(0x10, APPLICATION_CONTEXT.encode("ascii"))]
     for context_id, (result, ts) in sorted(results.items()):
@@ -384,6 +418,7 @@ def encode_accept(
     ]
     if user_identity_response is not None:
         user.append(_item(0x59, struct.pack(">H", len(user_identity_response)) + user_identity_response))
+    user += [role_item(abstract, scu, scp) for abstract, (scu, scp) in (roles or {}).items()]
     items.append(_item(0x50, b"".join(user)))
     called = ae_title or request.called_ae or "ANY"
     calling = request.calling_ae or "ANY"

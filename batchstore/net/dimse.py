@@ -1,4 +1,5 @@
-"""DIMSE command sets (PS3.7): encoding and decoding the group 0000 elements of C-STORE and C-ECHO.
+"""DIMSE command sets (PS3.7): encoding and decoding the group 0000 elements of C-STORE, C-ECHO, and the
+N-ACTION and N-EVENT-REPORT of Storage Commitment (their data sets: `net.commitment`).
 
 Command sets are always Implicit VR Little Endian and small, so they are built and parsed here directly
 with ``struct`` instead of through pydicom datasets: the C-STORE hot path encodes one request and decodes
@@ -14,6 +15,10 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+N_EVENT_REPORT_RQ = 0x0100
+N_EVENT_REPORT_RSP = 0x8100
+N_ACTION_RQ = 0x0130
+N_ACTION_RSP = 0x8130
 
 NO_DATA_SET = 0x0101
 DATA_SET_PRESENT = 0x0000
@@ -25,6 +30,7 @@ _US = struct.Struct("<H")
 
 # Tags of group 0000 (element numbers)
 AFFECTED_SOP_CLASS_UID = 0x0002
+REQUESTED_SOP_CLASS_UID = 0x0003
 COMMAND_FIELD = 0x0100
 MESSAGE_ID = 0x0110
 MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
@@ -36,6 +42,9 @@ OFFENDING_ELEMENT = 0x0901
 ERROR_COMMENT = 0x0902
 ERROR_ID = 0x0903
 AFFECTED_SOP_INSTANCE_UID = 0x1000
+REQUESTED_SOP_INSTANCE_UID = 0x1001
+EVENT_TYPE_ID = 0x1002
+ACTION_TYPE_ID = 0x1008
 MOVE_ORIGINATOR_AET = 0x1030
 MOVE_ORIGINATOR_MESSAGE_ID = 0x1031
 
@@ -208,6 +217,98 @@ def c_echo_rsp(message_id: int, status: int = 0) -> bytes:
             (STATUS, _US.pack(status)),
         ]
     )
+
+
+def n_action_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, action_type: int) -> bytes:
+    """Return the encoded N-ACTION-RQ command set (a data set, the Action Information, follows)."""
+    return _n_rq(N_ACTION_RQ, message_id, (REQUESTED_SOP_CLASS_UID, REQUESTED_SOP_INSTANCE_UID),
+                 sop_class_uid, sop_instance_uid, ACTION_TYPE_ID, action_type)  # fmt: skip
+
+
+def _n_rq(
+    field: int,
+    message_id: int,
+    uid_elems: tuple[int, int],
+    sop_class: str,
+    instance: str,
+    type_elem: int,
+    kind: int,
+) -> bytes:
+    """An N-service request with a data set: SOP class, command, message ID, SOP instance, type ID."""
+    return encode_command(
+        [
+            (uid_elems[0], _ui(sop_class)),
+            (COMMAND_FIELD, _US.pack(field)),
+            (MESSAGE_ID, _US.pack(message_id & 0xFFFF)),
+            (COMMAND_DATA_SET_TYPE, _US.pack(DATA_SET_PRESENT)),
+            (uid_elems[1], _ui(instance)),
+            (type_elem, _US.pack(kind)),
+        ]
+    )
+
+
+def n_action_rsp(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, action_type: int, status: int
+) -> bytes:
+    """Return the encoded N-ACTION-RSP command set, without an Action Reply data set."""
+    return _n_rsp(
+        N_ACTION_RSP, message_id, sop_class_uid, sop_instance_uid, status, ACTION_TYPE_ID, action_type
+    )
+
+
+def n_event_report_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type: int) -> bytes:
+    """Return the encoded N-EVENT-REPORT-RQ command set (a data set, the Event Information, follows)."""
+    return _n_rq(N_EVENT_REPORT_RQ, message_id, (AFFECTED_SOP_CLASS_UID, AFFECTED_SOP_INSTANCE_UID),
+                 sop_class_uid, sop_instance_uid, EVENT_TYPE_ID, event_type)  # fmt: skip
+
+
+def n_event_report_rsp(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, event_type: int, status: int
+) -> bytes:
+    """Return the encoded N-EVENT-REPORT-RSP command set, without an Event Reply data set."""
+    return _n_rsp(
+        N_EVENT_REPORT_RSP, message_id, sop_class_uid, sop_instance_uid, status, EVENT_TYPE_ID, event_type
+    )
+
+
+def _n_rsp(
+    field: int,
+    message_id: int,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    status: int,
+    type_elem: int,
+    kind: int,
+) -> bytes:
+    elements = [(AFFECTED_SOP_CLASS_UID, _ui(sop_class_uid))] if encodable_uid(sop_class_uid) else []
+    elements += [
+        (COMMAND_FIELD, _US.pack(field)),
+        (MESSAGE_ID_BEING_RESPONDED_TO, _US.pack(message_id & 0xFFFF)),
+        (COMMAND_DATA_SET_TYPE, _US.pack(NO_DATA_SET)),
+        (STATUS, _US.pack(status)),
+    ]
+    if encodable_uid(sop_instance_uid):
+        elements.append((AFFECTED_SOP_INSTANCE_UID, _ui(sop_instance_uid)))
+    if kind:
+        elements.append((type_elem, _US.pack(kind)))
+    return encode_command(elements)
+
+
+def uid_element(cmd: Command, element: int) -> str:
+    """A UID element of `cmd` (Requested SOP Class UID...) as text, "" when absent or not a usable UID."""
+    raw = cmd.raw.get(element)
+    if raw is None:
+        return ""
+    value = raw.rstrip(b"\0 ").decode("ascii", "replace")
+    return value if encodable_uid(value) and "\ufffd" not in value else ""
+
+
+def us_element(cmd: Command, element: int) -> int | None:
+    """An unsigned short element of `cmd` (Event Type ID...), None when absent or not 2 bytes long."""
+    raw = cmd.raw.get(element)
+    if raw is None or len(raw) != 2:
+        return None
+    return int(_US.unpack(raw)[0])
 
 
 class Command:

@@ -48,10 +48,12 @@ from ..net.pdu import (
 )
 from ..net.sockets import phase_timeout, quickack, set_socket_timeout, tune_socket
 from ..net.status import CANNOT_UNDERSTAND
+from .commitment import COMMANDS as COMMITMENT_COMMANDS
+from .commitment import CommitmentSCP
 from .events import EventRunner, Peer
 from .files import Discard, Incoming, Refused
 from .gate import MAX_ASSOCIATE_RQ
-from .negotiation import Negotiator
+from .negotiation import Negotiator, commitment_results
 from .store import Store
 
 if TYPE_CHECKING:
@@ -161,6 +163,7 @@ class Association:
         self._pid = os.getpid()
         self._message_limit = phase_timeout(options.dimse_timeout, options.socket_timeout) or 0.0
         self._seconds_per_byte = 1.0 / MIN_DATA_RATE
+        self.commitment = CommitmentSCP(options, self._send_message) if options.commitment else None
 
     # ---- entry point
 
@@ -285,13 +288,14 @@ class Association:
             self._linger()
             return "rejected"
         results = self.negotiator.results(request)
+        roles = commitment_results(request, results) if self.commitment is not None else None
         for cid, abstract, _syntaxes in request.contexts:
             result, ts = results[cid]
             if result == acse.PC_ACCEPTANCE:
                 self.accepted[cid] = ts
                 self.abstract[cid] = abstract
         self.peer_max_pdu = request.max_pdu
-        accept = acse.encode_accept(request, results, options.max_pdu, ae_title=options.ae_title)
+        accept = acse.encode_accept(request, results, options.max_pdu, ae_title=options.ae_title, roles=roles)
         self._send(_HEADER.pack(A_ASSOCIATE_AC, len(accept)) + accept)
         self._log_contexts(request, results)
         log.info("Association Acknowledged (max send PDV: %d)", self.peer_max_pdu)
@@ -463,6 +467,9 @@ class Association:
                 log.info("Received Echo Request (MsgID %d)", command.message_id)
             self.reader.deadline = 0.0
             self._send_command(context, dimse.c_echo_rsp(command.message_id, 0))
+        elif field in COMMITMENT_COMMANDS and self.commitment is not None:
+            self.reader.deadline = 0.0
+            self.commitment.command(context, command, self.accepted[context], self.peer.calling_ae)
         else:
             raise _Abort(f"cannot handle command 0x{field:04X}", reason=ABORT_UNEXPECTED_PARAMETER)
 
@@ -497,6 +504,9 @@ class Association:
 
     def _data_fragment(self, context: int, control: int, fragment: memoryview) -> None:
         command = self._store_rq
+        if command is None and self.commitment is not None and self.commitment.expecting:
+            self.commitment.data(context, control, fragment)  # an N-ACTION-RQ's Action Information
+            return
         if command is None:
             raise _Abort("data set fragment without a C-STORE-RQ", reason=5)
         if context != self._store_context:
@@ -581,3 +591,9 @@ class Association:
             self._send(_PDV.pack(P_DATA_TF, n + 6, n + 2, context, 3) + payload)
         else:
             self._send(b"".join(bytes(p) for p in pdata_parts(context, payload, True, self.peer_max_pdu)))
+
+    def _send_message(self, context: int, command: bytes, data_set: bytes | None) -> None:
+        """A command and its data set (storage commitment's messages)."""
+        self._send_command(context, command)
+        if data_set is not None:
+            self._send(b"".join(bytes(p) for p in pdata_parts(context, data_set, False, self.peer_max_pdu)))

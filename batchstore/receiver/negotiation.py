@@ -48,6 +48,7 @@ from ..dicom.uids import (
     VERIFICATION_SOP_CLASS,
 )
 from ..net import acse
+from ..net.commitment import STORAGE_COMMITMENT, TRANSFER_SYNTAXES
 
 
 def _preferring(ts: str) -> tuple[str, ...]:
@@ -171,3 +172,16 @@ class Negotiator:
 
     def results(self, request: acse.AssociationRequest) -> dict[int, tuple[int, str]]:
         return {cid: self.decide(abstract, syntaxes) for cid, abstract, syntaxes in request.contexts}
+
+
+def commitment_results(
+    request: acse.AssociationRequest, results: dict[int, tuple[int, str]]
+) -> dict[str, tuple[bool, bool]]:
+    """``--commitment``: accept the Storage Commitment Push Model SOP class (in `results`, in place) in an
+    explicit or implicit little endian syntax; return the SCP/SCU roles to answer (the requestor is SCU:
+    whatever it proposed for that class, SCU role only)."""
+    for cid, abstract, syntaxes in request.contexts:
+        if abstract == STORAGE_COMMITMENT:
+            ts = next((t for t in TRANSFER_SYNTAXES if t in syntaxes), "")
+            results[cid] = (acse.PC_ACCEPTANCE, ts) if ts else (acse.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED, "")
+    return {abstract: (scu, False) for abstract, scu, _scp in request.roles if abstract == STORAGE_COMMITMENT}

@@ -99,6 +99,23 @@ DEFAULT_MAX_ASSOCIATIONS = 32
 
 
 @dataclass(frozen=True)
+class CommitmentOptions:
+    """``--commitment``: the Storage Commitment SCP (`receiver.commitment`).
+
+    Attributes
+    ----------
+    reply_to : (str, int) or None
+        ``--commit-reply-to HOST:PORT``: report on a new association to that address; None: on the
+        association of the request.
+    reply_aet : str or None
+        ``--commit-reply-aet``: the called AE title of that association (default: the requestor's AE title).
+    """
+
+    reply_to: tuple[str, int] | None = None
+    reply_aet: str | None = None
+
+
+@dataclass(frozen=True)
 class ReceiveOptions:
     """Everything ``batchstore receive`` can be told (storescp's options plus a few of batchstore's own).
 
@@ -182,6 +199,7 @@ class ReceiveOptions:
     tls: TLSOptions | None = None  # +tls: every association over TLS (batchstore.net.tls)
     storage: StorageOptions = field(default_factory=StorageOptions)
     events: EventOptions = field(default_factory=EventOptions)
+    commitment: CommitmentOptions | None = None  # --commitment: Storage Commitment SCP too
 
 
 def association_limit(options: ReceiveOptions) -> int:

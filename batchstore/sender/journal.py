@@ -3,7 +3,8 @@
 
 A file is *done* only after a C-STORE-RSP with a success or warning status was journaled for it. A run
 with ``--journal FILE`` registers its inputs, skips those that are done and unchanged (same size and
-mtime), and journals outcomes in one transaction per chunk the coordinator receives. The database runs
+mtime), and journals outcomes in one transaction per chunk the coordinator receives. A done file the peer
+reported it could not commit (storage commitment, `journal_commit`) is sent again. The database runs
 in WAL mode with ``synchronous=NORMAL``: a commit survives the death of the process (SIGKILL), not
 necessarily a power cut, and costs no fsync on the hot path.
 
@@ -23,8 +24,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..dicom.part10 import Instance, ScanFailure
+from . import journal_commit as jc
 from . import outcomes as st
+from .journal_summary import JournalSummary
 from .report import EXIT_OK, Outcome, Report
+
+__all__ = ["Destination", "DestinationMismatch", "Journal", "JournalError", "JournalReport", "JournalSummary"]
 
 #: Category of a registered file that no run has tried yet.
 PENDING = "pending"
@@ -80,7 +85,7 @@ CREATE TABLE IF NOT EXISTS retired_files (
 """
 
 #: Columns added to existing tables since the first journal format: (table, column, declaration).
-_MIGRATIONS = (("runs", "destination", "INTEGER"),)
+_MIGRATIONS = (("runs", "destination", "INTEGER"), *jc.COMMIT_COLUMNS)
 
 
 #: `Journal.record` commits when this many rows wait, or this long after the last commit.
@@ -124,56 +129,6 @@ class Destination:
         return cls(ae, host, int(port))
 
 
-@dataclass(frozen=True)
-class JournalSummary:
-    """What `batchstore journal FILE` prints: counts per state and the last run."""
-
-    files: int
-    done: int
-    failed_transient: int
-    failed_permanent: int
-    pending: int
-    runs: int
-    last_run: dict | None
-    destination: str = ""
-
-    @property
-    def failed(self) -> int:
-        return self.failed_transient + self.failed_permanent
-
-    def lines(self) -> list[str]:
-        lines = [
-            f"Files:                 {self.files}",
-            f"Done:                  {self.done}",
-            f"Failed, transient:     {self.failed_transient}",
-            f"Failed, permanent:     {self.failed_permanent}",
-            f"Pending:               {self.pending}",
-            f"Runs:                  {self.runs}",
-        ]
-        run = self.last_run
-        if run:
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["started"]))
-            if run["finished"] is None:
-                state = "did not finish (killed?)"
-            elif run["interrupted"]:
-                state = f"interrupted, exit code {run['exit_code']}"
-            else:
-                state = f"exit code {run['exit_code']}"
-            lines.append(
-                f"Last run:              #{run['id']} to {run['peer']} at {started}: {run['files']} to send, "
-                f"{run['already_done']} already done; {state}"
-            )
-        if self.destination:
-            lines.insert(0, f"Destination:           {self.destination}")
-        if self.pending or self.failed_transient:
-            lines.append("Not complete: run the same send command with this journal to resume.")
-        elif self.failed_permanent:
-            lines.append(f"{self.failed_permanent} permanent failure(s): retrying will not help them.")
-        elif self.files:
-            lines.append("Complete: every file is done.")
-        return lines
-
-
 def journal_key(path: str) -> str:
     """The journal's key for an input path: absolute, so a resume from another directory matches."""
     return os.path.abspath(path)
@@ -201,7 +156,7 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
-            self.db.executescript(_SCHEMA)
+            self.db.executescript(_SCHEMA + jc.COMMIT_SCHEMA)
             for table, column, declaration in _MIGRATIONS:
                 names = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
                 if column not in names:
@@ -290,7 +245,7 @@ class Journal:
             )
             self.db.execute(
                 "UPDATE files SET category = 'pending', status = NULL, error = '', sent_ts = '', "
-                "attempts = 0, tries = 0"
+                f"attempts = 0, tries = 0, {jc.reset_sql()}"
             )
             return self._add_destination(destination, now)
 
@@ -330,9 +285,10 @@ class Journal:
             self._unregistered.extend(todo)
         else:
             known = {
-                row[0]: (row[1], row[2], row[3])
-                for row in self.db.execute("SELECT path, size, mtime_ns, category FROM files")
+                row[0]: (row[1], row[2], row[3], row[4])
+                for row in self.db.execute("SELECT path, size, mtime_ns, category, commit_state FROM files")
             }
+            uncommitted = []  # done, but the peer reported it could not commit them: sent again
             for inst in instances:
                 key = self._key(inst.path)
                 previous = known.get(key)
@@ -341,6 +297,12 @@ class Journal:
                     todo.append(inst)
                 elif previous[2] not in DONE:
                     todo.append(inst)
+                elif previous[3] == jc.FAILED:
+                    todo.append(inst)
+                    uncommitted.append((key,))
+            if uncommitted:
+                with self.db:
+                    self.db.executemany(f"UPDATE files SET {jc.reset_sql()} WHERE path = ?", uncommitted)
         now = time.time()
         for failure in failures:
             try:
@@ -493,6 +455,7 @@ class Journal:
             runs=runs,
             last_run=last,
             destination=str(current[1]) if (current := self.destination()) else "",
+            commitment=jc.commit_counts(self.db),
         )
 
     def outcomes(self) -> list[Outcome]:
@@ -506,6 +469,7 @@ class Journal:
         from .report import outcome_record
 
         fuller = {journal_key(o.path): o for o in this_run or ()}
+        commitment = jc.commit_records(self.db)
         records = []
         for outcome, run, updated in self._rows():
             mine = fuller.get(outcome.path)
@@ -517,6 +481,7 @@ class Journal:
             record["recorded_at"] = (
                 time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(updated)) if updated else ""
             )
+            record.update(commitment.get(outcome.path, {}))
             records.append(record)
         return records
 
@@ -566,7 +531,7 @@ class JournalReport(Report):
             return journal.records(self.outcomes)
 
     def record_fields(self) -> list[str]:
-        return [*super().record_fields(), "run", "recorded_at"]
+        return [*super().record_fields(), "run", "recorded_at", *jc.COMMIT_FIELDS]
 
     def exit_code(self) -> int:
         if not self.interrupted and not self.outcomes and self.already_done:

@@ -10,6 +10,8 @@ in the README and stable:
 3     no input: no file to send was found
 5     some files failed and every remaining failure is transient (retrying may help)
 6     some files failed and at least one failure is permanent (retrying will not help)
+7     every file was stored, but the peer has not committed them all (storage commitment failed for some,
+      or no report came): only with ``--commit`` and ``batchstore commit``
 9     nothing could be sent: there were files, none was delivered
 130   interrupted (Ctrl-C / SIGTERM) before the run completed
 ====  ===========================================================================
@@ -46,6 +48,7 @@ EXIT_USAGE = 2
 EXIT_NO_INPUT = 3
 EXIT_SOME_FAILED_RETRYABLE = 5
 EXIT_SOME_FAILED = 6
+EXIT_NOT_COMMITTED = 7
 EXIT_NOTHING_SENT = 9
 EXIT_INTERRUPTED = 130
 

@@ -1,0 +1,143 @@
+"""``batchstore commit JOURNAL``: ask the destination of a send journal to commit the files stored there
+(Storage Commitment Push Model), and journal its answer; `commit_options` and `run_commit` serve
+``batchstore send --commit`` as well."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ..api import commit
+from ..sender.commitment import CommitOptions, CommitResult
+from ..sender.journal import Journal, JournalError
+from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_COMMITTED, EXIT_OK, EXIT_USAGE
+from .common import logging_options, setup_logging, tls_options, tls_settings
+
+
+def commit_options(fn: Callable) -> Callable:
+    """The ``--commit-*`` options (of ``commit`` and ``send``)."""
+    for decorator in reversed(
+        [
+            click.option(
+                "--commit-batch",
+                type=click.IntRange(1, 100000),
+                default=500,
+                show_default=True,
+                help="SOP instances per storage commitment request (one transaction each).",
+            ),
+            click.option(
+                "--commit-timeout",
+                type=click.FloatRange(min=0.1),
+                default=60.0,
+                show_default=True,
+                help="Seconds to wait for the commitment reports after the last request.",
+            ),
+            click.option(
+                "--commit-retries",
+                type=click.IntRange(min=0),
+                default=1,
+                show_default=True,
+                help="Requests again (new transaction) for a report that does not come in time.",
+            ),
+            click.option(
+                "--commit-port",
+                type=click.IntRange(0, 65535),
+                help="Listen on this port for reports the peer sends on an association it opens (the peer "
+                "must know this host, port and AE title); without it, reports come on the same association.",
+            ),
+            click.option(
+                "--commit-host",
+                default="0.0.0.0",
+                show_default=True,
+                help="Address the --commit-port listener binds.",
+            ),
+            click.option(
+                "--commit-aet",
+                metavar="AET",
+                help="AE title of the --commit-port listener (default: the calling AE title, -aet).",
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def settings(kw: dict[str, Any]) -> CommitOptions:
+    aet = kw["commit_aet"]
+    if aet is not None and not 1 <= len(aet) <= 16:
+        raise click.BadParameter("must be 1 to 16 characters", param_hint="--commit-aet")
+    return CommitOptions(
+        batch_size=int(kw["commit_batch"]),
+        timeout=float(kw["commit_timeout"]),
+        retries=int(kw["commit_retries"]),
+        port=kw["commit_port"],
+        host=str(kw["commit_host"]),
+        ae_title=aet,
+    )
+
+
+def run_commit(journal_path: str, ask: Callable[[], CommitResult], quiet: bool) -> int:
+    """Run `ask` (a commitment run on the journal); print its result; return the exit code the journal's
+    states mean (0: everything stored and committed, 7: stored, not all committed...)."""
+    try:
+        result = ask()
+        with Journal(journal_path, create=False) as journal:
+            summary = journal.summary()
+    except JournalError as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED  # what was answered is journaled; a rerun asks for the rest
+    if not quiet:
+        click.echo("\n".join(result.lines()), err=True)
+    code = summary.exit_code()
+    if code == EXIT_OK and not result.complete:
+        return EXIT_NOT_COMMITTED  # e.g. a peer that does not do storage commitment: nothing was asked
+    return code
+
+
+@click.command("commit", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("journal_path", metavar="JOURNAL", type=click.Path(dir_okay=False))
+@logging_options
+@click.option("-aet", "--aetitle", default="STORESCU", show_default=True, help="My calling AE title.")
+@click.option("-aec", "--call", help="Called AE title of the peer (default: the journal's destination).")
+@click.option("-to", "--timeout", type=click.IntRange(min=1), help="Timeout for connection requests (s).")
+@click.option(
+    "-ta", "--acse-timeout", type=click.IntRange(min=1), default=30, help="Timeout for ACSE messages (s)."
+)
+@click.option(
+    "-ts", "--socket-timeout", type=click.IntRange(min=0), default=60, help="Socket timeout (s, 0: none)."
+)
+@commit_options
+@tls_options()
+def command(journal_path: str, **kw: Any) -> None:
+    """Ask the destination of the send journal JOURNAL (its host, port and called AE title) to commit every
+    stored file not committed yet, and journal the answers.
+
+    Exit status: 0 when every file is stored and committed, 7 when some stored files are not committed
+    (failed, or no report), 5/6 when files are not stored yet, 1 when JOURNAL is not a journal.
+    """
+    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    try:
+        tls = tls_settings(kw, server=False)
+        options = settings(kw)
+    except (ValueError, click.BadParameter) as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+    def ask() -> CommitResult:
+        return commit(
+            journal_path,
+            str(kw["aetitle"]),
+            kw["call"],
+            options,
+            acse_timeout=float(kw["acse_timeout"]),
+            socket_timeout=float(kw["socket_timeout"]) or None,
+            connect_timeout=kw["timeout"],
+            tls=tls,
+        )
+
+    sys.exit(run_commit(journal_path, ask, bool(kw["quiet"])))
