@@ -19,6 +19,7 @@ DCMTK binaries are always called by absolute path because pynetdicom's own
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -105,12 +106,19 @@ PEER_FILES: dict[str, tuple[tuple[str, bool], ...]] = {
     ),
     "orthanc": ((ORTHANC_BIN, True),),
 }
-PEER_NAMES = {"dcmtk": "DCMTK", "orthanc": "Orthanc"}
+PEER_NAMES = {"dcmtk": "DCMTK", "orthanc": "Orthanc", "dask": "Dask distributed"}
+#: Peers that are Python modules (``send --cluster``'s engine): peer -> the module it needs.
+PEER_MODULES: dict[str, str] = {"dask": os.environ.get("BATCHSTORE_DASK_MODULE") or "distributed"}
 
 
 def missing_peer(peer: str) -> str | None:
     """Why `peer` ("dcmtk" or "orthanc") cannot be used here ("needs DCMTK: /usr/bin/storescp not
     installed"), or None when everything it needs is in place."""
+    if peer in PEER_MODULES:
+        module = PEER_MODULES[peer]
+        if importlib.util.find_spec(module) is None:
+            return f"needs {PEER_NAMES[peer]}: module {module} not installed (pip install 'batchstore[cluster]')"
+        return None
     for path, program in PEER_FILES[peer]:
         if not (os.access(path, os.X_OK) and os.path.isfile(path) if program else os.path.isfile(path)):
             return f"needs {PEER_NAMES[peer]}: {path} not installed"

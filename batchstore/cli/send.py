@@ -16,6 +16,7 @@ from ..api import SendOptions, default_workers, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
 from ..net.acse import UserIdentity
+from ..sender.cluster import ClusterUnavailable
 from ..sender.journal import DestinationMismatch, JournalError
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
@@ -263,6 +264,14 @@ class _SendCommand(click.Command):
     "the slower reference).",
 )
 @click.option(
+    "--cluster",
+    metavar="ADDRESS|local:N",
+    default=None,
+    help="Run the batches as tasks on a Dask cluster: a running scheduler's address (tcp://HOST:8786), or "
+    "local:N for N Dask worker processes on this machine. Inputs must be on storage every worker sees at "
+    "the same path; -j bounds the associations across the cluster. Needs batchstore[cluster].",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal)."
 )
 @click.option(
@@ -316,7 +325,8 @@ def command(ctx: click.Context, **kw: Any) -> None:
         compression_level=int(kw["compression_level"]),
     )
     family = {"4": socket.AF_INET, "6": socket.AF_INET6, "0": socket.AF_UNSPEC}[str(kw["family"])]
-    workers = int(kw["workers"] or default_workers())
+    # with --cluster, -j bounds the associations across the cluster (default: one per Dask worker thread)
+    workers = int(kw["workers"] or (0 if kw["cluster"] else default_workers()))
     options = SendOptions(
         calling_ae=str(kw["aetitle"]),
         called_ae=str(kw["call"]),
@@ -355,6 +365,7 @@ def command(ctx: click.Context, **kw: Any) -> None:
         journal=kw["journal_path"],
         engine=str(kw["engine"]),
         read_dicomdir=bool(kw["read_dicomdir"]),
+        cluster=kw["cluster"],
     )
     show_progress = kw["progress"]
     if show_progress is None:
@@ -376,6 +387,9 @@ def command(ctx: click.Context, **kw: Any) -> None:
         )
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except ClusterUnavailable as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except DestinationMismatch as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_USAGE)
