@@ -47,6 +47,7 @@ from batchstore.dicom.uids import (
 __all__ = [
     "BatchstoreReceiver",
     "Corpus",
+    "DaskCluster",
     "DCMTK_BIN_DIR",
     "DCMTK_CONFIG_DIR",
     "DCMTK_DCMSEND",
@@ -542,6 +543,90 @@ class BatchstoreReceiver:
         finally:
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Dask distributed (send --cluster)
+# --------------------------------------------------------------------------
+
+
+class DaskCluster:
+    """A ``dask scheduler`` and `workers` ``dask worker`` processes (one thread each, with their nanny, as
+    ``dask worker`` runs by default) on loopback, as a context manager; this checkout is on the workers'
+    import path. ``address`` is the scheduler's; `worker_pids` the Dask worker processes (the nannies'
+    children), which a test may kill: the nanny starts another."""
+
+    def __init__(self, workers: int = 2, start_timeout: float = 60.0) -> None:
+        self.port = free_port()
+        self.address = f"tcp://{LOOPBACK}:{self.port}"
+        self.workers = workers
+        self.start_timeout = start_timeout
+        self._tmp = tempfile.mkdtemp(prefix="dask-")
+        self.procs: list[subprocess.Popen] = []
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(Path(self._tmp) / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dask", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=batchstore_env(),
+            cwd=self._tmp,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> DaskCluster:
+        try:
+            scheduler = self._start(
+                "scheduler", ["scheduler", "--host", LOOPBACK, "--port", str(self.port), "--no-dashboard"]
+            )
+            wait_listening(self.port, self.start_timeout, scheduler, "dask scheduler")
+            for n in range(self.workers):
+                self._start(
+                    f"worker{n}",
+                    ["worker", self.address, "--host", LOOPBACK, "--nthreads", "1", "--nworkers", "1",
+                     "--no-dashboard", "--name", f"w{n}"],
+                )  # fmt: skip
+            _wait_value(lambda: len(self.worker_pids()), self.workers, self.start_timeout, 0.1)
+            _wait_value(self._registered, self.workers, self.start_timeout, 0.2)
+        except Exception:
+            raise RuntimeError(f"dask cluster failed to start: {self.log()}") from None
+        return self
+
+    def _registered(self) -> int:
+        return self.log().count("Register worker addr")
+
+    def worker_pids(self) -> list[int]:
+        """The Dask worker processes (children of the ``dask worker`` nannies), alive now."""
+        import psutil
+
+        pids: list[int] = []
+        for proc in self.procs[1:]:
+            try:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    if "resource_tracker" not in " ".join(child.cmdline()):  # multiprocessing's helper
+                        pids.append(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return pids
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(Path(self._tmp).glob("*.log")))
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            _stop_group(proc)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> DaskCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------
