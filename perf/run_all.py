@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import bench_cluster
 import bench_engines
 import bench_journal
 import bench_memory
@@ -62,6 +63,7 @@ BENCHMARKS = {
     "tls": bench_tls.run,
     "pacs": bench_pacs.run,  # pydicom's test files to Orthanc vs storescu
     "transcode": bench_transcode.run,  # decompressing for an uncompressed-only peer vs dcmsend
+    "cluster": bench_cluster.run,  # send --cluster local:N vs -j N, scaling, the peer as the limit
 }
 
 

@@ -22,6 +22,7 @@ Dask is imported only here, and this module only with ``--cluster``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import queue
 import threading
@@ -37,7 +38,7 @@ from .coordinator import Coordinator, _Slot
 from .messages import Bye, Connect, Halt, Results, RunBatch, Stop, ToCoordinator, ToWorker
 from .plan import Batch
 from .report import Outcome, Report
-from .worker import CoordinatorGone, Worker, WorkerConfig
+from .worker import GC_THRESHOLDS, CoordinatorGone, Worker, WorkerConfig
 
 log = logging.getLogger("batchstore.dispatch")
 
@@ -116,14 +117,19 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
     local = None
     try:
         if where == "local":
-            local = LocalCluster(
-                n_workers=count,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",  # a free port: runs side by side never collide
-                silence_logs=logging.ERROR,
-            )
+            import dask
+
+            # Dask's statistical profiler samples every worker thread 100 times a second: measurable CPU
+            # on a send loop (perf/bench_cluster.py); the dashboard's profile page stays empty
+            with dask.config.set({"distributed.worker.profile.enabled": False}):
+                local = LocalCluster(
+                    n_workers=count,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",  # a free port: runs side by side never collide
+                    silence_logs=logging.ERROR,
+                )
             client = Client(local, timeout=CONNECT_TIMEOUT)
             log.info("local Dask cluster: %d worker(s); dashboard %s", count, client.dashboard_link)
         else:
@@ -218,14 +224,30 @@ def _held(run: str, wid: int, config: WorkerConfig, create: bool) -> _Held | Non
         return held
 
 
+@contextlib.contextmanager
+def _quiet_gc() -> Iterator[None]:
+    """The send loop's collector thresholds (`worker.GC_THRESHOLDS`) while a task sends; the Dask
+    worker's own afterwards."""
+    previous = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
 def run_task(
     run: str, wid: int, config: WorkerConfig, halt_event: str, message: ToWorker
-) -> list[ToCoordinator]:
-    """One task on a Dask worker: run `message` as slot `wid`'s worker process would; return what it says."""
+) -> tuple[str, list[ToCoordinator]]:
+    """One task on a Dask worker: run `message` as slot `wid`'s worker process would; return this Dask
+    worker's address and what the worker said."""
+    from distributed import get_worker
+
+    address = get_worker().address
     held = _held(run, wid, config, create=not isinstance(message, Stop))
     if held is None:  # a Stop for a slot this process never held (its worker died): nothing to release
-        return [Bye(wid)]
-    with held.lock:
+        return address, [Bye(wid)]
+    with held.lock, _quiet_gc():
         worker = held.worker
         channel = _TaskChannel(halt_event)
         worker.conn = channel  # type: ignore[assignment]
@@ -246,22 +268,17 @@ def run_task(
                 channel.send(Bye(wid))
         finally:
             held.last_used = time.monotonic()
-    _note_unreadable(channel.out)
-    return channel.out
+    _note_unreadable(channel.out, address)
+    return address, channel.out
 
 
-def _note_unreadable(messages: list[ToCoordinator]) -> None:
+def _note_unreadable(messages: list[ToCoordinator], address: str) -> None:
     """Say on which Dask worker an input could not be read, and that inputs must be on shared storage."""
-    note = ""
     for message in messages:
         if isinstance(message, Results) and message.failures:
             for outcome in message.outcomes:
                 if outcome.category == st.PERMANENT and outcome.error.startswith("cannot read"):
-                    if not note:
-                        from distributed import get_worker
-
-                        note = SHARED_STORAGE_NOTE.format(worker=get_worker().address)
-                    outcome.error += note
+                    outcome.error += SHARED_STORAGE_NOTE.format(worker=address)
 
 
 # --- on the coordinator -------------------------------------------------------------------------------
@@ -377,7 +394,15 @@ class ClusterCoordinator(Coordinator):
             if slot.finished or future is not slot.conn.future:
                 continue
             if future.status == "finished":
-                for message in future.result():
+                address, messages = future.result()
+                if address != slot.conn.address:
+                    # its Dask worker left mid-task and Dask ran the task here: the slot lives here now
+                    log.warning(
+                        "Dask worker %s left; slot %d's %s ran again on %s",
+                        slot.conn.address, wid, future.key.split("-")[1], address,
+                    )  # fmt: skip
+                    slot.conn.address = address
+                for message in messages:
                     self._handle(wid, slot, message)
                 continue
             try:
