@@ -22,10 +22,11 @@ import pytest
 from gen_corpus import generate
 from peers import DaskCluster, batchstore_env
 from scripted_scp import Policy, ScriptedSCP
+from test_recovery import PeerSCP
 
 import batchstore
 from batchstore.sender.journal import Journal
-from batchstore.sender.report import EXIT_OK, EXIT_USAGE
+from batchstore.sender.report import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 pytestmark = pytest.mark.needs_dask
 
@@ -148,6 +149,51 @@ def test_minus_j_bounds_the_associations_across_the_cluster(
         assert report.exit_code() == EXIT_OK
         assert set(scp.stored) == uids
         assert scp.associations == len(report.associations) == 1
+
+
+def test_peer_association_limit_lowers_concurrency_across_the_cluster(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]]
+) -> None:
+    """Three slots on two Dask workers, a peer that takes two associations: the third is turned away
+    (A-ASSOCIATE-RJ transient), the run goes on with two and loses nothing."""
+    path, uids = corpus
+    with PeerSCP(paced(0.001), limit=2) as scp:
+        report = batchstore.send(
+            [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=3, batch_size=BATCH,
+            scan_directories=True, recurse=True, retries=2, retry_wait=0.1,
+        )  # fmt: skip
+    assert report.exit_code() == EXIT_OK, report.summary_lines()  # halting is on: nothing failed
+    assert set(scp.stored) == uids
+    assert scp.peak <= 2
+    assert scp.rejected >= 1
+    assert all(o.delivered and o.attempts == 1 for o in report.outcomes)
+
+
+def test_first_failure_halts_batches_running_on_other_workers(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]]
+) -> None:
+    """Without -nh the first failure halts the run: the batch another Dask worker is sending stops
+    early (the run's halt event), the rest is "not sent", exit 6."""
+    path, uids = corpus
+
+    def policy(n: int, uid: str) -> int:
+        time.sleep(0.01)
+        return 0xA900 if n == 20 else 0
+
+    with ScriptedSCP(policy) as scp:
+        report = batchstore.send(
+            [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=2, batch_size=100,
+            scan_directories=True, recurse=True,
+        )  # fmt: skip
+    assert report.exit_code() == EXIT_SOME_FAILED
+    assert report.halted
+    failed = [o for o in report.outcomes if o.category == "permanent"]
+    assert len(failed) == 1 and failed[0].status == 0xA900
+    not_sent = [o for o in report.outcomes if o.category == "not-sent"]
+    assert len(report.outcomes) == FILES and len(not_sent) == FILES - 1 - len(set(scp.stored))
+    # the other slot's batch was cut short by the halt, not sent to its end (100 files at 10 ms each)
+    assert any(o.worker not in (0, failed[0].worker) for o in not_sent)
+    assert len(set(scp.stored)) < 100
 
 
 def test_a_file_the_worker_cannot_read_is_a_clear_per_file_error(
