@@ -54,6 +54,18 @@ SHARED_STORAGE_NOTE = (
 )
 
 
+#: A LocalCluster's Dask settings (``local:N``). Dask's statistical profiler samples every worker thread 100
+#: times a second, and its event-loop watchdog, system monitor and memory monitor wake every process 50, 2
+#: and 10 times a second: on a send loop, CPU the peer on the same machine does not get (docs/design.md,
+#: "Beyond one machine"). The dashboard's profile page stays empty and its system graphs are coarser.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
 class ClusterUnavailable(Exception):
     """``--cluster`` cannot be used: Dask is not installed, a bad address, no scheduler, no workers."""
 
@@ -119,9 +131,7 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
         if where == "local":
             import dask
 
-            # Dask's statistical profiler samples every worker thread 100 times a second: measurable CPU
-            # on a send loop (perf/bench_cluster.py); the dashboard's profile page stays empty
-            with dask.config.set({"distributed.worker.profile.enabled": False}):
+            with dask.config.set(LOCAL_CLUSTER_CONFIG):
                 local = LocalCluster(
                     n_workers=count,
                     threads_per_worker=1,
