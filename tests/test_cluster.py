@@ -26,7 +26,7 @@ from test_recovery import PeerSCP
 
 import batchstore
 from batchstore.sender.journal import Journal
-from batchstore.sender.report import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
+from batchstore.sender.report import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 pytestmark = pytest.mark.needs_dask
 
@@ -251,6 +251,31 @@ def test_coordinator_killed_then_rerun_resumes(
         assert "Already done:" in resumed.stderr
         assert set(scp.stored) == uids
     assert_journal_complete(journal, path)
+
+
+def test_sigterm_stops_batches_on_the_workers_exit_130(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], tmp_path: Path
+) -> None:
+    """SIGTERM to the coordinator: the batches running on the Dask workers stop at the halt event, the
+    associations are released, the journal is flushed, exit 130; the rerun completes."""
+    path, uids = corpus
+    journal = str(tmp_path / "j.db")
+    args = ("--cluster", dask_cluster.address, "--batch-size", "120", "-nh", "+sd", "+r", "--journal", journal)
+    with PeerSCP(paced(0.01)) as scp:
+        proc = start_send(*args, "127.0.0.1", str(scp.port), str(path))
+        wait_until(lambda: scp.count >= 20)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == EXIT_INTERRUPTED, err[-3000:]
+        stored = len(set(scp.stored))
+        assert stored < 160  # two batches of 120 at 10 ms a file were cut short, not sent to their end
+        wait_until(lambda: scp.active == 0, timeout=10)  # released, not left to the idle release
+        with Journal(journal) as j:
+            summary = j.summary()
+        assert summary.done + summary.pending == FILES and summary.pending > 0
+        resumed = run_send(*args, "127.0.0.1", str(scp.port), str(path))
+        assert resumed.returncode == EXIT_OK, resumed.stderr[-3000:]
+        assert set(scp.stored) == uids
 
 
 def test_dask_worker_killed_mid_run(
