@@ -372,6 +372,16 @@ class ClusterCoordinator(Coordinator):
             self._halt_set = True
             Event(self.halt_event, client=self.cluster.client).set()
 
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self._halt_set:  # the scheduler forgets a cleared event nobody waits on
+                from distributed import Event
+
+                with contextlib.suppress(Exception):
+                    Event(self.halt_event, client=self.cluster.client).clear()
+
     def place(self, exclude: int = 0) -> str:
         """The Dask worker with the fewest live slots per thread."""
         workers = self.cluster.workers()
