@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq dcmtk orthanc openssl >/dev/null; \
 	fi
-	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pip install -q -e '.[test,cluster]'
 	@# bytecode caches, as an installed copy has them (also where PYTHONDONTWRITEBYTECODE is set)
 	$(PYTHON) -m compileall -q batchstore
 	@touch $(STAMP)

@@ -34,6 +34,7 @@ from .sender.worker import WorkerConfig
 
 if TYPE_CHECKING:
     from .net.tls import TLSOptions
+    from .sender.cluster import Cluster
     from .sender.commitment import CommitOptions, CommitResult
     from .sender.journal import Journal
 
@@ -74,6 +75,7 @@ class SendOptions:
     journal_new_destination: bool = False  # the journal records another destination: start a fresh record
     engine: str = "batchstore"  # --engine: "batchstore" (lean synchronous loop) or "pynetdicom"
     read_dicomdir: bool = False  # +rd: send the files a DICOMDIR references (a DICOMDIR itself is skipped)
+    cluster: str | None = None  # --cluster: a Dask scheduler's address, or "local:N" (sender/cluster.py)
 
 
 def default_workers() -> int:
@@ -83,9 +85,15 @@ def default_workers() -> int:
     return psutil.cpu_count(logical=True) or 1
 
 
-def auto_batch_size(files: int, workers: int) -> int:
-    """Batches small enough that every worker gets several, at most 100 files."""
-    return max(1, min(100, math.ceil(files / max(1, workers * 4))))
+#: At most this many files per automatic batch; on a cluster a batch is a Dask task, whose round trip
+#: (~10 ms) a larger batch pays less often (docs/design.md, "Beyond one machine").
+AUTO_BATCH_FILES = 100
+AUTO_BATCH_FILES_CLUSTER = 500
+
+
+def auto_batch_size(files: int, workers: int, most: int = AUTO_BATCH_FILES) -> int:
+    """Batches small enough that every worker gets several, at most `most` files."""
+    return max(1, min(most, math.ceil(files / max(1, workers * 4))))
 
 
 def plan_run(
@@ -110,7 +118,8 @@ def plan_run(
         instances = select(instances, failures)
     workers = options.workers or default_workers()
     plan_options = options.plan
-    size = options.batch_size or auto_batch_size(len(instances) * max(1, options.repeat), workers)
+    most = AUTO_BATCH_FILES_CLUSTER if options.cluster else AUTO_BATCH_FILES
+    size = options.batch_size or auto_batch_size(len(instances) * max(1, options.repeat), workers, most)
     if plan_options.batch_size != size:
         plan_options = replace(plan_options, batch_size=size)
     return make_plan(instances, plan_options), instances, failures
@@ -188,6 +197,29 @@ def send(
     """
     options = replace(options or SendOptions(), **overrides)  # type: ignore[arg-type]
     started = time.perf_counter()
+    if options.cluster:
+        from .sender.cluster import open_cluster  # Dask only with --cluster
+
+        with open_cluster(options.cluster) as cluster:
+            # -j bounds the associations across the cluster; by default one per Dask worker thread
+            options = replace(options, workers=options.workers or cluster.threads)
+            return _send_journaled(
+                paths, host, port, options, started, on_outcomes, on_plan, on_wait, cluster
+            )
+    return _send_journaled(paths, host, port, options, started, on_outcomes, on_plan, on_wait)
+
+
+def _send_journaled(
+    paths: Sequence[str],
+    host: str,
+    port: int,
+    options: SendOptions,
+    started: float,
+    on_outcomes: Callable[[list[Outcome]], None] | None,
+    on_plan: Callable[[Plan, list[ScanFailure]], None] | None,
+    on_wait: Callable[[float | None], None] | None,
+    cluster: Cluster | None = None,
+) -> Report:
     journal: Journal | None = None
     if options.journal:
         from .sender.journal import Destination, Journal  # sqlite3 only with --journal
@@ -201,7 +233,7 @@ def send(
             raise
         journal.begin_run(str(destination))
     try:
-        return _send(paths, host, port, options, journal, started, on_outcomes, on_plan, on_wait)
+        return _send(paths, host, port, options, journal, started, on_outcomes, on_plan, on_wait, cluster)
     finally:
         if journal is not None:
             journal.close()
@@ -217,6 +249,7 @@ def _send(
     on_outcomes: Callable[[list[Outcome]], None] | None,
     on_plan: Callable[[Plan, list[ScanFailure]], None] | None,
     on_wait: Callable[[float | None], None] | None = None,
+    cluster: Cluster | None = None,
 ) -> Report:
     scanned = 0
 
@@ -290,9 +323,16 @@ def _send(
         report.outcomes.extend(
             Outcome.of(i, st.NOT_SENT, "not sent: run halted") for b in plan.batches for i in b.instances
         )
-    coordinator = Coordinator(
-        batches, options.workers or default_workers(), config, report, on_outcomes, on_wait
-    )
+    workers = options.workers or default_workers()
+    coordinator: Coordinator
+    if cluster is not None:
+        from .sender.cluster import ClusterCoordinator
+
+        coordinator = ClusterCoordinator(
+            batches, workers, config, report, on_outcomes, on_wait, cluster=cluster
+        )
+    else:
+        coordinator = Coordinator(batches, workers, config, report, on_outcomes, on_wait)
     coordinator.run()
     report.input_count = len(report.outcomes)
     report.elapsed_s = time.perf_counter() - started

@@ -38,6 +38,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import bench_cluster
 import bench_engines
 import bench_journal
 import bench_memory
@@ -68,6 +69,7 @@ BENCHMARKS = {
     "pacs": bench_pacs.run,  # pydicom's test files to Orthanc vs storescu
     "transcode": bench_transcode.run,  # decompressing for an uncompressed-only peer vs dcmsend
     "small": bench_small.run,  # 100-file send end to end, first C-STORE, one-file associations received
+    "cluster": bench_cluster.run,  # send --cluster local:N vs -j N, scaling, the peer as the limit
 }
 
 

@@ -1,7 +1,8 @@
 """Shared fixtures (a small synthetic corpus, real DICOM peers) and the peer markers.
 
 A test that needs a real peer says so: ``@pytest.mark.needs_dcmtk`` (DCMTK's storescp, storescu, echoscu,
-dcmsend or its configuration files) or ``@pytest.mark.needs_orthanc``. `pytest_runtest_setup` checks the
+dcmsend or its configuration files), ``@pytest.mark.needs_orthanc`` or ``@pytest.mark.needs_dask`` (Dask
+distributed, for ``send --cluster``). `pytest_runtest_setup` checks the
 marker before the test's fixtures start: when the peer is missing the test is skipped, or, with
 ``BATCHSTORE_REQUIRE_PEERS=1`` in the environment (``.ci/run``), it fails with the reason ("needs DCMTK:
 /usr/bin/storescp not installed"). The fixtures that start a peer check the same way. Where the peers live:
@@ -20,7 +21,7 @@ CORPUS_SMALL_COUNT = 60
 CORPUS_SMALL_JUNK = 6
 
 #: marker -> the peer it needs (a key of peers.PEER_FILES)
-PEER_MARKERS = {"needs_dcmtk": "dcmtk", "needs_orthanc": "orthanc"}
+PEER_MARKERS = {"needs_dcmtk": "dcmtk", "needs_orthanc": "orthanc", "needs_dask": "dask"}
 #: fixture -> the marker a test using it must carry
 PEER_FIXTURES = {"storescp": "needs_dcmtk", "orthanc": "needs_orthanc"}
 

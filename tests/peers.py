@@ -19,6 +19,7 @@ DCMTK binaries are always called by absolute path because pynetdicom's own
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -46,6 +47,7 @@ from batchstore.dicom.uids import (
 __all__ = [
     "BatchstoreReceiver",
     "Corpus",
+    "DaskCluster",
     "DCMTK_BIN_DIR",
     "DCMTK_CONFIG_DIR",
     "DCMTK_DCMSEND",
@@ -105,12 +107,19 @@ PEER_FILES: dict[str, tuple[tuple[str, bool], ...]] = {
     ),
     "orthanc": ((ORTHANC_BIN, True),),
 }
-PEER_NAMES = {"dcmtk": "DCMTK", "orthanc": "Orthanc"}
+PEER_NAMES = {"dcmtk": "DCMTK", "orthanc": "Orthanc", "dask": "Dask distributed"}
+#: Peers that are Python modules (``send --cluster``'s engine): peer -> the module it needs.
+PEER_MODULES: dict[str, str] = {"dask": os.environ.get("BATCHSTORE_DASK_MODULE") or "distributed"}
 
 
 def missing_peer(peer: str) -> str | None:
     """Why `peer` ("dcmtk" or "orthanc") cannot be used here ("needs DCMTK: /usr/bin/storescp not
     installed"), or None when everything it needs is in place."""
+    if peer in PEER_MODULES:
+        module = PEER_MODULES[peer]
+        if importlib.util.find_spec(module) is None:
+            return f"needs {PEER_NAMES[peer]}: module {module} not installed (pip install 'batchstore[cluster]')"
+        return None
     for path, program in PEER_FILES[peer]:
         if not (os.access(path, os.X_OK) and os.path.isfile(path) if program else os.path.isfile(path)):
             return f"needs {PEER_NAMES[peer]}: {path} not installed"
@@ -534,6 +543,90 @@ class BatchstoreReceiver:
         finally:
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# Dask distributed (send --cluster)
+# --------------------------------------------------------------------------
+
+
+class DaskCluster:
+    """A ``dask scheduler`` and `workers` ``dask worker`` processes (one thread each, with their nanny, as
+    ``dask worker`` runs by default) on loopback, as a context manager; this checkout is on the workers'
+    import path. ``address`` is the scheduler's; `worker_pids` the Dask worker processes (the nannies'
+    children), which a test may kill: the nanny starts another."""
+
+    def __init__(self, workers: int = 2, start_timeout: float = 60.0) -> None:
+        self.port = free_port()
+        self.address = f"tcp://{LOOPBACK}:{self.port}"
+        self.workers = workers
+        self.start_timeout = start_timeout
+        self._tmp = tempfile.mkdtemp(prefix="dask-")
+        self.procs: list[subprocess.Popen] = []
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(Path(self._tmp) / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dask", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=batchstore_env(),
+            cwd=self._tmp,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> DaskCluster:
+        try:
+            scheduler = self._start(
+                "scheduler", ["scheduler", "--host", LOOPBACK, "--port", str(self.port), "--no-dashboard"]
+            )
+            wait_listening(self.port, self.start_timeout, scheduler, "dask scheduler")
+            for n in range(self.workers):
+                self._start(
+                    f"worker{n}",
+                    ["worker", self.address, "--host", LOOPBACK, "--nthreads", "1", "--nworkers", "1",
+                     "--no-dashboard", "--name", f"w{n}"],
+                )  # fmt: skip
+            _wait_value(lambda: len(self.worker_pids()), self.workers, self.start_timeout, 0.1)
+            _wait_value(self._registered, self.workers, self.start_timeout, 0.2)
+        except Exception:
+            raise RuntimeError(f"dask cluster failed to start: {self.log()}") from None
+        return self
+
+    def _registered(self) -> int:
+        return self.log().count("Register worker addr")
+
+    def worker_pids(self) -> list[int]:
+        """The Dask worker processes (children of the ``dask worker`` nannies), alive now."""
+        import psutil
+
+        pids: list[int] = []
+        for proc in self.procs[1:]:
+            try:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    if "resource_tracker" not in " ".join(child.cmdline()):  # multiprocessing's helper
+                        pids.append(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return pids
+
+    def log(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(Path(self._tmp).glob("*.log")))
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            _stop_group(proc)
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> DaskCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --------------------------------------------------------------------------

@@ -30,6 +30,11 @@ def test_needs_orthanc():
     pass
 
 
+@pytest.mark.needs_dask
+def test_needs_dask():
+    pass
+
+
 def test_needs_nothing():
     pass
 """
@@ -53,6 +58,7 @@ def run_probe(tmp_path: Path, source: str, *, require: bool) -> tuple[dict[str, 
         BATCHSTORE_DCMTK_BIN_DIR=str(empty),
         BATCHSTORE_DCMTK_CONFIG_DIR=str(empty),
         BATCHSTORE_ORTHANC_BIN=str(empty / "Orthanc"),
+        BATCHSTORE_DASK_MODULE="batchstore_no_such_module",
         PYTHONPATH=os.pathsep.join([str(TESTS), str(REPO)]),
     )
     if require:
@@ -70,14 +76,15 @@ def run_probe(tmp_path: Path, source: str, *, require: bool) -> tuple[dict[str, 
 
 def test_missing_peer_skips_without_require_peers(tmp_path: Path) -> None:
     counts, output = run_probe(tmp_path, PROBE, require=False)
-    assert counts == {"passed": 1, "skipped": 2}, output
+    assert counts == {"passed": 1, "skipped": 3}, output
     assert f"needs DCMTK: {tmp_path / 'no-peers' / 'storescp'} not installed" in output, output
     assert f"needs Orthanc: {tmp_path / 'no-peers' / 'Orthanc'} not installed" in output, output
 
 
 def test_missing_peer_fails_with_require_peers(tmp_path: Path) -> None:
     counts, output = run_probe(tmp_path, PROBE, require=True)
-    assert counts == {"passed": 1, "failed": 2}, output
+    assert counts == {"passed": 1, "failed": 3}, output
+    assert "needs Dask distributed: module batchstore_no_such_module not installed" in output, output
     assert f"needs DCMTK: {tmp_path / 'no-peers' / 'storescp'} not installed" in output, output
     assert "FAILED" in output and "test_needs_dcmtk" in output, output
 

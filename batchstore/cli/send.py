@@ -16,7 +16,6 @@ from ..api import SendOptions, default_workers, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
 from ..net.acse import UserIdentity
-from ..sender.commitment import commit_journal
 from ..sender.journal import DestinationMismatch, JournalError
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
@@ -274,6 +273,14 @@ class _SendCommand(click.Command):
     "the slower reference).",
 )
 @click.option(
+    "--cluster",
+    metavar="ADDRESS|local:N",
+    default=None,
+    help="Run the batches as tasks on a Dask cluster: a running scheduler's address (tcp://HOST:8786), or "
+    "local:N for N Dask worker processes on this machine. Inputs must be on storage every worker sees at "
+    "the same path; -j bounds the associations across the cluster. Needs batchstore[cluster].",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on when stderr is a terminal)."
 )
 @click.option(
@@ -339,7 +346,8 @@ def command(ctx: click.Context, **kw: Any) -> None:
         compression_level=int(kw["compression_level"]),
     )
     family = {"4": socket.AF_INET, "6": socket.AF_INET6, "0": socket.AF_UNSPEC}[str(kw["family"])]
-    workers = int(kw["workers"] or default_workers())
+    # with --cluster, -j bounds the associations across the cluster (default: one per Dask worker thread)
+    workers = int(kw["workers"] or (0 if kw["cluster"] else default_workers()))
     options = SendOptions(
         calling_ae=str(kw["aetitle"]),
         called_ae=str(kw["call"]),
@@ -378,6 +386,7 @@ def command(ctx: click.Context, **kw: Any) -> None:
         journal=kw["journal_path"],
         engine=str(kw["engine"]),
         read_dicomdir=bool(kw["read_dicomdir"]),
+        cluster=kw["cluster"],
     )
     show_progress = kw["progress"]
     if show_progress is None:
@@ -387,6 +396,12 @@ def command(ctx: click.Context, **kw: Any) -> None:
     # (in-flight C-STOREs finish, associations are released, the journal is flushed, exit 130).
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    # --cluster and --commit load their modules only when asked for (start-up of every other send)
+    cluster_errors: tuple[type[Exception], ...] = ()
+    if kw["cluster"]:
+        from ..sender.cluster import ClusterUnavailable
+
+        cluster_errors = (ClusterUnavailable,)
     try:
         report = send(
             files,
@@ -399,6 +414,9 @@ def command(ctx: click.Context, **kw: Any) -> None:
         )
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except cluster_errors as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except DestinationMismatch as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -424,6 +442,8 @@ def command(ctx: click.Context, **kw: Any) -> None:
     else:
         code = report.exit_code()
     if commit is not None and not report.interrupted:
+        from ..sender.commitment import commit_journal
+
         assoc, journal = _commit_association(kw, options), str(kw["journal_path"])
         committed = run_commit(journal, lambda: commit_journal(journal, assoc, commit), bool(kw["quiet"]))
         if code == 0 and committed != 0:

@@ -26,7 +26,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
+from typing import Any, Protocol
 
 from ..dicom.part10 import Instance
 from . import outcomes as st
@@ -59,10 +60,25 @@ SHRINK_INTERVAL = 1.0
 SLOW_PEER_SECONDS = 5.0
 
 
+class WorkerHandle(Protocol):
+    """What the coordinator does with a worker: a process here, a Dask worker's tasks in `cluster.py`."""
+
+    @property
+    def exitcode(self) -> int | None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def is_alive(self) -> bool: ...
+
+
 @dataclass
 class _Slot:
-    process: multiprocessing.process.BaseProcess
-    conn: Connection
+    process: WorkerHandle
+    conn: Any  # a multiprocessing Connection; `cluster.py`'s channel has its send()
     batch: Batch | None = None
     start_index: int = 0
     done_in_batch: int = 0
@@ -459,32 +475,37 @@ class Coordinator:
                 self.report.interrupted = True
                 self.halt()
             self._dispatch()
-            live = {s.conn: wid for wid, s in self.slots.items() if not s.finished}
-            sentinels = {self.slots[wid].process.sentinel: wid for wid in live.values()}
-            ready = wait(list(live) + list(sentinels), timeout=0.2)
-            for item in ready:
-                if item in live:
-                    wid = live[item]
-                    slot = self.slots[wid]
-                    try:
-                        while not slot.finished and slot.conn.poll():
-                            self._handle(wid, slot, slot.conn.recv())
-                    except (EOFError, OSError):
-                        slot.process.join(timeout=5)
-                        if not slot.finished:
-                            self._worker_died(wid, slot)
+            self._poll()
             self._watch_peer()
-            for sentinel, wid in sentinels.items():
+
+    # -- the transport: worker processes over pipes (`cluster.py` overrides `_spawn` and `_poll`) ------
+    def _poll(self) -> None:
+        """Wait up to 0.2 s for the workers; handle what they said, and the deaths of those that died."""
+        live = {s.conn: wid for wid, s in self.slots.items() if not s.finished}
+        sentinels = {self.slots[wid].process.sentinel: wid for wid in live.values()}  # type: ignore[attr-defined]
+        ready = wait(list(live) + list(sentinels), timeout=0.2)
+        for item in ready:
+            if item in live:
+                wid = live[item]
                 slot = self.slots[wid]
-                if sentinel in ready and not slot.finished:
-                    # drain what it managed to send before dying
-                    try:
-                        while slot.conn.poll():
-                            self._handle(wid, slot, slot.conn.recv())
-                    except (EOFError, OSError):
-                        pass
+                try:
+                    while not slot.finished and slot.conn.poll():
+                        self._handle(wid, slot, slot.conn.recv())
+                except (EOFError, OSError):
+                    slot.process.join(timeout=5)
                     if not slot.finished:
                         self._worker_died(wid, slot)
+        for sentinel, wid in sentinels.items():
+            slot = self.slots[wid]
+            if sentinel in ready and not slot.finished:
+                # drain what it managed to send before dying
+                try:
+                    while slot.conn.poll():
+                        self._handle(wid, slot, slot.conn.recv())
+                except (EOFError, OSError):
+                    pass
+                if not slot.finished:
+                    self._worker_died(wid, slot)
 
     def _watch_peer(self, final: bool = False) -> None:
         """Notice (log, progress bar, summary) when files are in flight and none has been answered for

@@ -187,6 +187,20 @@ class Worker:
         else:
             scu.release()
 
+    def ready(self) -> Ready:
+        """The message that asks for more work, naming the context group this worker's association holds."""
+        return Ready(self.id, self.group if self.scu is not None else -1)
+
+    def connect(self, group: int) -> None:
+        """Associate before taking a batch (`messages.Connect`): a peer that makes us wait (full backlog)
+        or turns us away holds no files hostage."""
+        try:
+            self.association(group)
+        except (OSError, NetError) as exc:
+            transient = st.classify_error(exc) == st.TRANSIENT
+            self.conn.send(ConnectFailed(self.id, st.describe_error(exc), transient))
+        self.conn.send(self.ready())
+
     def association(self, group: int) -> StoreEngine:
         if self.scu is not None and self.scu.is_open and self.group == group:
             return self.scu
@@ -565,21 +579,14 @@ def worker_main(worker_id: int, conn: Connection, config: WorkerConfig) -> None:
             if isinstance(message, RunBatch):
                 try:
                     worker.run_batch(message.batch, message.start_index, message.retry_of)
-                    conn.send(Ready(worker_id, worker.group if worker.scu is not None else -1))
+                    conn.send(worker.ready())
                 except (CoordinatorGone, EOFError, OSError):
                     break
             elif isinstance(message, Connect):
-                # associate before taking a batch: a peer that makes us wait (full backlog) or turns us
-                # away holds no files hostage
-                try:
-                    worker.association(message.group)
-                except (OSError, NetError) as exc:
-                    transient = st.classify_error(exc) == st.TRANSIENT
-                    conn.send(ConnectFailed(worker_id, st.describe_error(exc), transient))
-                conn.send(Ready(worker_id, worker.group if worker.scu is not None else -1))
+                worker.connect(message.group)
             elif isinstance(message, Halt):
                 worker.halted = True
-                conn.send(Ready(worker_id, worker.group if worker.scu is not None else -1))
+                conn.send(worker.ready())
             else:
                 break
     finally:

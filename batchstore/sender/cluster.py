@@ -1,0 +1,433 @@
+"""``send --cluster``: batches run as Dask tasks on the workers of a Dask distributed cluster.
+
+The coordinator is `coordinator.Coordinator` with another transport (docs/design.md, "Beyond one machine"):
+
+- A slot is one association: at most ``-j`` of them across the cluster. Each slot lives on one Dask worker
+  (placed where the fewest slots are per worker thread) and every message the coordinator would send a
+  worker process (`RunBatch`, `Connect`, `Stop`) becomes a task restricted to that Dask worker.
+- On the Dask worker, the task finds the slot's `worker.Worker` in process-wide state (`_HELD`): the
+  association it opened in an earlier task is still open, so a peer sees one association per slot, not
+  one per batch. What the worker would tell the coordinator is returned by the task, and the coordinator
+  handles it as it handles a worker process's messages (adaptive concurrency, give-back, retries).
+- A Dask worker killed mid-batch loses its task's outcomes with it: Dask runs the task again on another
+  worker (a loose restriction), which sends the whole batch (C-STORE is idempotent) and returns its
+  outcomes once, so the journal records every file once. If Dask gives up on the task, the coordinator
+  requeues the batch as it does for a dead worker process.
+- A halt (the first failure without ``-nh``, Ctrl-C) sets a Dask `Event` that running batches look at
+  every `HALT_CHECK_SECONDS`.
+
+Dask is imported only here, and this module only with ``--cluster``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import outcomes as st
+from .coordinator import Coordinator, _Slot
+from .messages import Bye, Connect, Halt, Results, RunBatch, Stop, ToCoordinator, ToWorker
+from .plan import Batch
+from .report import Outcome, Report
+from .worker import GC_THRESHOLDS, CoordinatorGone, Worker, WorkerConfig
+
+log = logging.getLogger("batchstore.dispatch")
+
+#: How often a running batch looks at the run's halt event (a round trip to the scheduler).
+HALT_CHECK_SECONDS = 0.25
+#: An association left idle this long on a Dask worker (its coordinator gone) is released.
+IDLE_RELEASE_SECONDS = 30.0
+#: How long to wait for a scheduler, and for a LocalCluster's workers, before giving up.
+CONNECT_TIMEOUT = 10.0
+#: What an unreadable input's error adds on a cluster: the worker, and where inputs must be.
+SHARED_STORAGE_NOTE = (
+    " (on Dask worker {worker}: inputs must be on storage every worker sees at the same path)"
+)
+
+
+#: A LocalCluster's Dask settings (``local:N``). Dask's statistical profiler samples every worker thread 100
+#: times a second, and its event-loop watchdog, system monitor and memory monitor wake every process 50, 2
+#: and 10 times a second: on a send loop, CPU the peer on the same machine does not get (docs/design.md,
+#: "Beyond one machine"). The dashboard's profile page stays empty and its system graphs are coarser.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
+class ClusterUnavailable(Exception):
+    """``--cluster`` cannot be used: Dask is not installed, a bad address, no scheduler, no workers."""
+
+
+def parse_spec(spec: str) -> tuple[str, int]:
+    """``local:N`` -> ("local", N); an address -> (address, 0). Raises `ClusterUnavailable`."""
+    spec = spec.strip()
+    if spec.startswith("local:"):
+        count = spec[len("local:") :]
+        if not count.isdigit() or int(count) < 1:
+            raise ClusterUnavailable(f"--cluster {spec}: local:N needs a number of workers N >= 1")
+        return "local", int(count)
+    if not spec or spec.startswith("local"):
+        raise ClusterUnavailable(
+            f"--cluster {spec!r}: expected a scheduler address (tcp://HOST:PORT) or local:N"
+        )
+    return (spec if "://" in spec else f"tcp://{spec}"), 0
+
+
+@dataclass
+class Cluster:
+    """A connected Dask client and the worker threads it can use (one association each at most)."""
+
+    client: Any
+    local: Any = None  # the LocalCluster of ``local:N``, closed with the client
+    _workers: dict[str, int] = field(default_factory=dict)
+    _seen: float = 0.0
+
+    def workers(self, max_age: float = 1.0) -> dict[str, int]:
+        """Address -> threads of every Dask worker, at most `max_age` seconds old."""
+        now = time.monotonic()
+        if now - self._seen > max_age:
+            info = self.client.scheduler_info(n_workers=-1)
+            self._workers = {addr: int(w.get("nthreads", 1)) for addr, w in info["workers"].items()}
+            self._seen = now
+        return self._workers
+
+    @property
+    def threads(self) -> int:
+        return sum(self.workers(max_age=0).values())
+
+    def close(self) -> None:
+        self.client.close()
+        if self.local is not None:
+            self.local.close()
+
+
+@contextlib.contextmanager
+def open_cluster(spec: str) -> Iterator[Cluster]:
+    """Connect to the scheduler `spec` names, or start ``local:N``; closed on leaving."""
+    where, count = parse_spec(spec)
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ClusterUnavailable(
+            "--cluster needs Dask distributed: pip install 'batchstore[cluster]'"
+        ) from None
+    # Dask's own log (INFO by default) only with -d: batchstore's warnings say what a user needs
+    if not logging.getLogger("batchstore").isEnabledFor(logging.DEBUG):
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    local = None
+    try:
+        if where == "local":
+            import dask
+
+            with dask.config.set(LOCAL_CLUSTER_CONFIG):
+                local = LocalCluster(
+                    n_workers=count,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0",  # a free port: runs side by side never collide
+                    silence_logs=logging.ERROR,
+                )
+            client = Client(local, timeout=CONNECT_TIMEOUT)
+            log.info("local Dask cluster: %d worker(s); dashboard %s", count, client.dashboard_link)
+        else:
+            client = Client(where, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as exc:
+        if local is not None:
+            local.close()
+        raise ClusterUnavailable(f"--cluster {spec}: cannot reach the Dask scheduler: {exc}") from None
+    cluster = Cluster(client, local)
+    try:
+        try:
+            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT)
+        except TimeoutError:
+            raise ClusterUnavailable(
+                f"--cluster {spec}: the scheduler has no worker (start one: dask worker {where})"
+            ) from None
+        yield cluster
+    finally:
+        cluster.close()
+
+
+# --- on the Dask worker ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Held:
+    """A slot's `Worker` (and its association) on this Dask worker process, between tasks."""
+
+    worker: Worker
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+#: (run, slot) -> the slot's worker, for the batches of that slot this process runs
+_HELD: dict[tuple[str, int], _Held] = {}
+_HELD_LOCK = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+class _TaskChannel:
+    """A `Worker`'s connection inside one task: what it sends is the task's result; what it polls is
+    the run's halt event."""
+
+    def __init__(self, halt_event: str) -> None:
+        self.out: list[ToCoordinator] = []
+        self.halt_event = halt_event
+        self._next_check = time.monotonic() + HALT_CHECK_SECONDS  # a short batch never asks
+
+    def send(self, message: ToCoordinator) -> None:
+        self.out.append(message)
+
+    def poll(self, timeout: float | None = None) -> bool:
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + HALT_CHECK_SECONDS
+        from distributed import Event
+
+        return bool(Event(self.halt_event).is_set())
+
+    def recv(self) -> ToWorker:
+        return Halt()
+
+
+def _release_idle() -> None:
+    """Release the associations of slots idle for `IDLE_RELEASE_SECONDS` (their coordinator is gone or
+    has no work for them); runs in a daemon thread of the Dask worker process."""
+    while True:
+        time.sleep(IDLE_RELEASE_SECONDS / 6)
+        now = time.monotonic()
+        with _HELD_LOCK:
+            idle = [(key, held) for key, held in _HELD.items() if now - held.last_used > IDLE_RELEASE_SECONDS]
+        for key, held in idle:
+            if held.lock.acquire(blocking=False):
+                try:
+                    held.worker.close_association()
+                    with _HELD_LOCK:
+                        _HELD.pop(key, None)
+                finally:
+                    held.lock.release()
+
+
+def _held(run: str, wid: int, config: WorkerConfig, create: bool) -> _Held | None:
+    global _reaper
+    with _HELD_LOCK:
+        held = _HELD.get((run, wid))
+        if held is None and create:
+            held = _HELD[(run, wid)] = _Held(Worker(wid, None, config))  # type: ignore[arg-type]
+            if _reaper is None:
+                _reaper = threading.Thread(target=_release_idle, name="batchstore-release", daemon=True)
+                _reaper.start()
+        return held
+
+
+@contextlib.contextmanager
+def _quiet_gc() -> Iterator[None]:
+    """The send loop's collector thresholds (`worker.GC_THRESHOLDS`) while a task sends; the Dask
+    worker's own afterwards."""
+    previous = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+
+
+def run_task(
+    run: str, wid: int, config: WorkerConfig, halt_event: str, message: ToWorker
+) -> tuple[str, list[ToCoordinator]]:
+    """One task on a Dask worker: run `message` as slot `wid`'s worker process would; return this Dask
+    worker's address and what the worker said."""
+    from distributed import get_worker
+
+    address = get_worker().address
+    held = _held(run, wid, config, create=not isinstance(message, Stop))
+    if held is None:  # a Stop for a slot this process never held (its worker died): nothing to release
+        return address, [Bye(wid)]
+    with held.lock, _quiet_gc():
+        worker = held.worker
+        channel = _TaskChannel(halt_event)
+        worker.conn = channel  # type: ignore[assignment]
+        try:
+            if isinstance(message, RunBatch):
+                try:
+                    worker.run_batch(message.batch, message.start_index, message.retry_of)
+                except CoordinatorGone:
+                    pass
+                worker.flush()
+                channel.send(worker.ready())
+            elif isinstance(message, Connect):
+                worker.connect(message.group)
+            elif isinstance(message, Stop):
+                worker.close_association()
+                with _HELD_LOCK:
+                    _HELD.pop((run, wid), None)
+                channel.send(Bye(wid))
+        finally:
+            held.last_used = time.monotonic()
+    _note_unreadable(channel.out, address)
+    return address, channel.out
+
+
+def _note_unreadable(messages: list[ToCoordinator], address: str) -> None:
+    """Say on which Dask worker an input could not be read, and that inputs must be on shared storage."""
+    for message in messages:
+        if isinstance(message, Results) and message.failures:
+            for outcome in message.outcomes:
+                if outcome.category == st.PERMANENT and outcome.error.startswith("cannot read"):
+                    outcome.error += SHARED_STORAGE_NOTE.format(worker=address)
+
+
+# --- on the coordinator -------------------------------------------------------------------------------
+
+
+class _TaskHandle:
+    """A slot's stand-in for a worker process: there is no process to join or kill; its tasks end."""
+
+    exitcode: int | None = None
+
+    def terminate(self) -> None:
+        """A slot cut short while associating ends when that task does (it then gets `Stop`)."""
+
+    def kill(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return False
+
+
+class _SlotChannel:
+    """The coordinator's side of a slot: every message becomes a task on the slot's Dask worker."""
+
+    def __init__(self, owner: ClusterCoordinator, wid: int, address: str) -> None:
+        self.owner = owner
+        self.wid = wid
+        self.address = address
+        self.future: Any = None
+
+    def send(self, message: ToWorker) -> None:
+        owner = self.owner
+        if isinstance(message, Halt):
+            owner.set_halt()
+            return
+        if self.address not in owner.cluster.workers():  # its Dask worker left: another one takes it
+            self.address = owner.place(exclude=self.wid)
+        self.future = owner.cluster.client.submit(
+            run_task,
+            owner.run_id,
+            self.wid,
+            owner.config,
+            owner.halt_event,
+            message,
+            workers=[self.address],
+            allow_other_workers=True,  # if that worker dies, Dask runs the task elsewhere
+            pure=False,
+            key=f"batchstore-{type(message).__name__.lower()}-{owner.run_id}-{self.wid}-{uuid.uuid4().hex[:8]}",
+        )
+        future, wid = self.future, self.wid
+        future.add_done_callback(lambda _f: owner.done.put((wid, future)))
+
+
+class ClusterCoordinator(Coordinator):
+    """`Coordinator` whose workers are slots on a Dask cluster (module docstring)."""
+
+    def __init__(
+        self,
+        batches: list[Batch],
+        workers: int,
+        config: WorkerConfig,
+        report: Report,
+        on_outcomes: Callable[[list[Outcome]], None] | None = None,
+        on_wait: Callable[[float | None], None] | None = None,
+        *,
+        cluster: Cluster,
+    ) -> None:
+        super().__init__(batches, workers, config, report, on_outcomes, on_wait)
+        self.cluster = cluster
+        self.run_id = uuid.uuid4().hex
+        self.halt_event = f"batchstore-halt-{self.run_id}"
+        self.done: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self._halt_set = False
+
+    def set_halt(self) -> None:
+        if not self._halt_set:
+            from distributed import Event
+
+            self._halt_set = True
+            Event(self.halt_event, client=self.cluster.client).set()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self._halt_set:  # the scheduler forgets a cleared event nobody waits on
+                from distributed import Event
+
+                with contextlib.suppress(Exception):
+                    Event(self.halt_event, client=self.cluster.client).clear()
+
+    def place(self, exclude: int = 0) -> str:
+        """The Dask worker with the fewest live slots per thread."""
+        workers = self.cluster.workers()
+        if not workers:
+            workers = self.cluster.workers(max_age=0)
+        if not workers:
+            raise ClusterUnavailable("no Dask worker left in the cluster")
+        used = Counter(s.conn.address for w, s in self.slots.items() if w != exclude and not s.finished)
+        return min(workers, key=lambda a: (used[a] / workers[a], used[a]))
+
+    def _spawn(self) -> None:
+        wid = self.next_worker_id
+        self.next_worker_id += 1
+        channel = _SlotChannel(self, wid, self.place())
+        # a slot needs no start-up: it is idle at once and associates (Connect) before its first batch
+        self.slots[wid] = _Slot(_TaskHandle(), channel, idle=True)
+
+    def _poll(self) -> None:
+        try:
+            items = [self.done.get(timeout=0.2)]
+        except queue.Empty:
+            return
+        while True:
+            try:
+                items.append(self.done.get_nowait())
+            except queue.Empty:
+                break
+        for wid, future in items:
+            slot = self.slots[wid]
+            if slot.finished or future is not slot.conn.future:
+                continue
+            if future.status == "finished":
+                address, messages = future.result()
+                if address != slot.conn.address:
+                    # its Dask worker left mid-task and Dask ran the task here: the slot lives here now
+                    log.warning(
+                        "Dask worker %s left; slot %d's %s ran again on %s",
+                        slot.conn.address, wid, future.key.split("-")[1], address,
+                    )  # fmt: skip
+                    slot.conn.address = address
+                for message in messages:
+                    self._handle(wid, slot, message)
+                continue
+            try:
+                error: object = future.exception(timeout=1)
+            except Exception as exc:  # cancelled, or the scheduler went away
+                error = exc
+            log.warning("slot %d on Dask worker %s: task failed: %s", wid, slot.conn.address, error)
+            self._worker_died(wid, slot)
