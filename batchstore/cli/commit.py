@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..api import commit
-from ..sender.commitment import CommitOptions, CommitResult
 from ..sender.journal import Journal, JournalError
 from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_COMMITTED, EXIT_OK, EXIT_USAGE
 from .common import logging_options, setup_logging, tls_options, tls_settings
+
+if TYPE_CHECKING:
+    from ..sender.commitment import CommitOptions, CommitResult
 
 
 def commit_options(fn: Callable) -> Callable:
@@ -69,6 +71,8 @@ def settings(kw: dict[str, Any]) -> CommitOptions:
     aet = kw["commit_aet"]
     if aet is not None and not 1 <= len(aet) <= 16:
         raise click.BadParameter("must be 1 to 16 characters", param_hint="--commit-aet")
+    from ..sender.commitment import CommitOptions  # only with --commit or batchstore commit
+
     return CommitOptions(
         batch_size=int(kw["commit_batch"]),
         timeout=float(kw["commit_timeout"]),
