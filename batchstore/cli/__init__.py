@@ -1,6 +1,6 @@
 """The ``batchstore`` command line: a click group whose subcommands are thin skins over the Python API.
 
-Subcommands live in their own modules (`send`, `receive`, `scan`, `echo`) and accept DCMTK's option
+Subcommands live in their own modules (`send`, `receive`, `scan`, `echo`, `load`) and accept DCMTK's option
 spellings (``-aet``, ``+sd``, ``-x=`` …) so that an existing storescu/storescp command line works unchanged;
 `dcmtk.normalize_argv` rewrites the few spellings click cannot parse and expands ``@file`` arguments.
 """
@@ -25,6 +25,7 @@ COMMANDS = {
     "scan": "batchstore.cli.scan",
     "echo": "batchstore.cli.echo",
     "journal": "batchstore.cli.journal",
+    "load": "batchstore.cli.load",
 }
 
 
