@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from typing import Any
 
 from .figures import PERCENTILES, Level, LoadReport
@@ -47,8 +48,11 @@ def _chart(kind: str, title: str, **config: Any) -> Any:
 
 
 def _render(chart: Any) -> str:
+    """The chart's SVG without pygal's script (its inline configuration for the tooltip script we leave
+    out) and without its comments naming web sites."""
     svg: str = chart.render(is_unicode=True)
-    return svg.replace("<!--http://pygal.org-->", "").replace("<!--http://github.com/Kozea/pygal-->", "")
+    svg = re.sub(r"<script\b.*?</script>", "", svg, flags=re.S)
+    return re.sub(r"<!--.*?-->", "", svg, flags=re.S)
 
 
 def charts(report: LoadReport) -> list[str]:
