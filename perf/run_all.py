@@ -14,6 +14,8 @@ Benchmarks, in order (each is also runnable alone, see its docstring):
 - ``parser``   (bench_parser.py):  the scan's header parser vs pydicom.dcmread(stop_before_pixels=True) and
   read_file_meta_info, in process, us per file (report only, no target).
 - ``memory``   (bench_memory.py):  peak RSS while sending / receiving one 1 GB file.
+- ``load``     (bench_load.py):    batchstore load vs batchstore send to storescp --fork at 1 and 2
+  associations, the generator's overhead per request, a 1-16 association sweep vs storescp and Orthanc.
 
 Usage: ``python perf/run_all.py [--quick] [--only send,receive,...] [--work DIR]``. ``--quick`` runs about a
 tenth of every size (a smoke run; its ratios are dominated by start-up costs and its targets are not
@@ -36,6 +38,7 @@ from typing import Any
 
 import bench_engines
 import bench_journal
+import bench_load
 import bench_memory
 import bench_pacs
 import bench_parser
@@ -62,6 +65,7 @@ BENCHMARKS = {
     "tls": bench_tls.run,
     "pacs": bench_pacs.run,  # pydicom's test files to Orthanc vs storescu
     "transcode": bench_transcode.run,  # decompressing for an uncompressed-only peer vs dcmsend
+    "load": bench_load.run,  # batchstore load vs send; generator overhead; sweep vs storescp and Orthanc
 }
 
 

@@ -206,7 +206,9 @@ def _series(lat: Any, due: Any, fail_ms: Any, results: Sequence[WorkerResult], e
     if not len(lat) and not len(fail_ms):
         return []
     sizes = np.concatenate([np.frombuffer(r.sizes, dtype=np.uint32) for r in results]) if results else np.zeros(0)
-    seconds = max(1, int(np.ceil(elapsed)))
+    # whole seconds of the window; a last partial second shorter than 0.1 s (the responses to requests due
+    # just before the end) is counted in the one before it
+    seconds = max(1, int(elapsed) + (1 if elapsed - int(elapsed) >= 0.1 else 0))
     second = np.minimum(due // 1000, seconds - 1) if len(due) else due
     failed_second = np.minimum(fail_ms // 1000, seconds - 1) if len(fail_ms) else fail_ms
     out: list[dict[str, float]] = []
@@ -217,8 +219,7 @@ def _series(lat: Any, due: Any, fail_ms: Any, results: Sequence[WorkerResult], e
     bounds = np.searchsorted(second_sorted, np.arange(seconds + 1))
     for s in range(seconds):
         a, b = int(bounds[s]), int(bounds[s + 1])
-        window = min(1.0, elapsed - s) if s == seconds - 1 else 1.0
-        window = max(window, 1e-3)
+        window = max(min(1.0, elapsed - s), 0.1) if s == seconds - 1 else 1.0
         hist = histogram_of(lat_sorted[a:b])
         summary = latency_summary(hist)
         out.append(

@@ -43,8 +43,30 @@ def _chart(kind: str, title: str, **config: Any) -> Any:
         print_values=False,
         show_dots=True,
         dots_size=2,
+        value_formatter=_number,
         **config,
     )
+
+
+def _log_labels(values: list[float | None]) -> list[float]:
+    """1-2-5 labels from below the smallest to above the largest positive value (log charts)."""
+    positive = [v for v in values if v is not None and v > 0]
+    if not positive:
+        return [1.0]
+    low, high = min(positive), max(positive)
+    labels = []
+    decade = 0.001
+    while decade <= high * 10:
+        for step in (1, 2, 5):
+            value = round(decade * step, 6)
+            if low / 2.5 <= value <= high * 2.5:
+                labels.append(value)
+        decade *= 10
+    return labels
+
+
+def _number(value: float) -> str:
+    return f"{value:,.3g}" if value < 100 else f"{value:,.0f}"
 
 
 def _render(chart: Any) -> str:
@@ -60,7 +82,8 @@ def charts(report: LoadReport) -> list[str]:
     levels = report.levels
     labels = [str(lv.concurrency) for lv in levels]
     out = []
-    tp = _chart("Line", "Throughput against concurrency", x_title="associations", y_title="C-STOREs/s")
+    tp = _chart("Line", "Throughput against concurrency", x_title="associations", y_title="C-STOREs/s",
+                include_x_axis=True)
     tp.x_labels = labels
     tp.add("C-STOREs/s", [lv.stores_per_s for lv in levels])
     tp.add("MB/s", [lv.mb_per_s for lv in levels], secondary=True)
@@ -71,15 +94,25 @@ def charts(report: LoadReport) -> list[str]:
         name = f"p{p:g}"
         lat.add(name, [max(lv.latency_ms[name], 0.001) for lv in levels])
     lat.add("max", [max(lv.latency_ms["max"], 0.001) for lv in levels])
+    lat.y_labels = _log_labels([v for lv in levels for v in lv.latency_ms.values()])
     out.append(_render(lat))
-    over = _chart("XY", "Throughput over time", x_title="seconds", y_title="C-STOREs/s")
+    # over time: one point per second of the measured window (by due time), one line per level
+    seconds = max((len(lv.series) for lv in levels), default=0)
+    ticks = [str(t + 1) for t in range(seconds)]
+    over = _chart("Line", "Throughput over time", x_title="second of the level", y_title="C-STOREs/s",
+                  include_x_axis=True)
+    over.x_labels = ticks
     for lv in levels:
-        over.add(_name(lv), [(s["t"], s["stores_per_s"]) for s in lv.series])
+        over.add(_name(lv), [s["stores_per_s"] for s in lv.series])
     out.append(_render(over))
-    lat_time = _chart("XY", "Latency over time (ms, log): p99 and max", x_title="seconds", logarithmic=True)
+    lat_time = _chart("Line", "Latency over time (ms, log): p99 and max", x_title="second of the level",
+                      logarithmic=True)
+    lat_time.x_labels = ticks
+    lat_time.y_labels = _log_labels([v for lv in levels for st in lv.series for v in (st["p99_ms"], st["max_ms"])])
     for lv in levels:
-        lat_time.add(f"{_name(lv)} p99", [(s["t"], max(s["p99_ms"], 0.001)) for s in lv.series])
-        lat_time.add(f"{_name(lv)} max", [(s["t"], max(s["max_ms"], 0.001)) for s in lv.series])
+        # a second without a response has no latency: a gap in the line
+        lat_time.add(f"{_name(lv)} p99", [s["p99_ms"] if s["max_ms"] > 0 else None for s in lv.series])
+        lat_time.add(f"{_name(lv)} max", [s["max_ms"] if s["max_ms"] > 0 else None for s in lv.series])
     out.append(_render(lat_time))
     return out
 
