@@ -70,7 +70,11 @@ def parse_levels(ctx: click.Context | None, param: click.Parameter | None, value
 
 
 class _Progress:
-    """One tqdm line per level: elapsed seconds of the measured window (or C-STOREs with --count)."""
+    """One tqdm line per level: elapsed seconds of the measured window (or C-STOREs with --count).
+
+    While a level runs the line shows live counts (sampled four times a second, so approximate around the
+    end of the warm-up); when it ends, the level's exact figures.
+    """
 
     def __init__(self, enabled: bool | None) -> None:
         self.enabled = enabled
@@ -88,17 +92,22 @@ class _Progress:
             desc=f"{concurrency:>3} assoc",
             unit=unit,
             disable=None if self.enabled is None else not self.enabled,
-            bar_format="{desc}: {percentage:3.0f}%|{bar:20}| {n:.0f}/{total:.0f} {unit} {postfix}",
+            bar_format="{desc}: {percentage:3.0f}%|{bar:20}| "
+            + ("{n:.0f}/{total:.0f}" if self.by_count else "{n:.1f}/{total:.1f}")
+            + " {unit}{postfix}",
             leave=True,
         )
 
     def update(self, elapsed: float, completed: int, failed: int) -> None:
         if self.bar is None:
             return
+        if elapsed < 0:
+            self.bar.set_postfix_str(f"warm-up, {completed} C-STOREs, {failed} failed", refresh=True)
+            return
         target = completed if self.by_count else min(elapsed, self.bar.total)
-        self.bar.update(max(0.0, target - self.bar.n))
+        self.bar.n = max(self.bar.n, target)
         rate = completed / elapsed if elapsed > 0 else 0.0
-        self.bar.set_postfix_str(f"{completed} C-STOREs, {rate:.0f}/s, {failed} failed", refresh=False)
+        self.bar.set_postfix_str(f"{completed} C-STOREs, {rate:.0f}/s, {failed} failed", refresh=True)
 
     def end_level(self, level: Level) -> None:
         if self.bar is None:

@@ -110,7 +110,10 @@ class LoadProgress(Protocol):
 
     def start_level(self, concurrency: int, seconds: float | None, count: int | None) -> None: ...
 
-    def update(self, elapsed: float, completed: int, failed: int) -> None: ...
+    def update(self, elapsed: float, completed: int, failed: int) -> None:
+        """About four times a second: seconds since the warm-up ended (negative during it) and the
+        requests answered and failed since then (during it: in it)."""
+        ...
 
     def end_level(self, level: Level) -> None: ...
 
@@ -324,6 +327,7 @@ def _run_level(
         parent_cpu0 = time.process_time()
         pending = {id(c): (slot, c) for slot, c in enumerate(conns)}
         stop_at = end + GRACE
+        warm = (0, 0, measure_from)  # live counts at the last look during the warm-up, and its time
         while pending:
             now = time.perf_counter()
             if not cpu_reset and now >= measure_from:
@@ -344,9 +348,15 @@ def _run_level(
                     continue
                 results[slot] = result
             if progress is not None:
+                # live counts include the warm-up: during it, and after it from where it left them
                 completed = sum(live[2 * i] for i in range(concurrency))
                 failed = sum(live[2 * i + 1] for i in range(concurrency))
-                progress.update(max(0.0, time.perf_counter() - measure_from), completed, failed)
+                now = time.perf_counter()
+                if now < measure_from:
+                    warm = (completed, failed, max(now, measure_from - 1e-3))
+                    progress.update(now - measure_from, completed, failed)
+                else:  # counted from the last look during the warm-up: a few of its requests, timed
+                    progress.update(now - warm[2], completed - warm[0], failed - warm[1])
         if cpu_reset:
             machine_cpu = psutil.cpu_percent(None)
         parent_cpu = time.process_time() - parent_cpu0
