@@ -6,6 +6,7 @@ definition, the same spellings and checks); the options of the load test itself 
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import socket
@@ -146,6 +147,8 @@ def command(ctx: click.Context, **kw: Any) -> None:
     over and over again, each with fresh UIDs.
     """
     setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    if kw["verbose_pc"] and not kw["quiet"]:
+        logging.getLogger("batchstore.contexts").setLevel(logging.INFO)  # +v: the proposal's notes (+C)
     if not kw["dcmfile_in"]:
         raise click.UsageError("missing parameter DCMFILE-IN: no files or directories to send")
     if kw["scan_pattern"] and not kw["scan_directories"]:
