@@ -164,3 +164,24 @@ def _tmp() -> str:
     import tempfile
 
     return tempfile.mkdtemp(prefix="bs-load-")
+
+
+def test_load_over_tls_against_batchstore_receiver(files, tmp_path) -> None:
+    """send's TLS options work in load too: each association process does its own handshake."""
+    from tls_certs import make_pki
+
+    pki_dir = tmp_path / "pki"
+    pki_dir.mkdir()
+    pki = make_pki(pki_dir)
+    out = tmp_path / "out"
+    server = ["+tls", str(pki.server_key), str(pki.server_cert), "+cf", str(pki.ca)]
+    with BatchstoreReceiver(out, server, fork=True) as receiver:
+        report_path = tmp_path / "load.json"
+        proc = run_cli("+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca), "--concurrency", "2",
+                       "--duration", "1s", "--json", str(report_path), "--no-progress", "127.0.0.1",
+                       str(receiver.port), *files)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads(report_path.read_text())
+        stored = wait_count(out, sent(report), timeout=15)
+    assert report["settings"]["tls"] and stored == sent(report) > 0
+    check_level_consistent(report["levels"][0], 1.0)
