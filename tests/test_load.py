@@ -154,6 +154,15 @@ def test_a_remote_peer_is_refused_without_the_flag(files) -> None:
     assert "not a loopback address" in proc.stderr and "--i-know-this-is-a-load-test" in proc.stderr
 
 
+def test_a_peer_that_is_down_is_one_line_and_exit_9(files) -> None:
+    from peers import free_port
+
+    proc = run_cli("--duration", "1s", "127.0.0.1", str(free_port()), *files, timeout=30)
+    assert proc.returncode == 9, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("batchstore: cannot associate with 127.0.0.1:")
+    assert "connection refused" in proc.stderr
+
+
 def test_bad_durations_and_levels_are_usage_errors(files) -> None:
     for args in (["--duration", "ten"], ["--concurrency", "0,2"], ["--rate", "-3/s"]):
         proc = run_cli(*args, "127.0.0.1", "104", *files, timeout=30)

@@ -17,8 +17,8 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..loadgen.figures import EXIT_NO_INPUT, Level
-from ..loadgen.run import LoadError, LoadOptions, NoInput
+from ..loadgen.figures import EXIT_NO_INPUT, EXIT_NOTHING, Level
+from ..loadgen.run import LoadError, LoadOptions, NoInput, PeerUnavailable, RemotePeerRefused
 from ..sender.plan import PlanOptions
 from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from . import send as send_cli
@@ -215,9 +215,15 @@ def command(ctx: click.Context, **kw: Any) -> None:
     except NoInput as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_NO_INPUT)
+    except PeerUnavailable as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(EXIT_NOTHING)
+    except RemotePeerRefused as exc:
+        click.echo(f"batchstore: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     except LoadError as exc:
         click.echo(f"batchstore: {exc}", err=True)
-        sys.exit(EXIT_USAGE if "loopback" in str(exc) else EXIT_ERROR)
+        sys.exit(EXIT_ERROR)
     for path, write in ((kw["json_path"], report.write_json), (kw["html_path"], _write_html(report))):
         if path:
             try:

@@ -54,6 +54,10 @@ class NoInput(LoadError):
     """No file to send was found."""
 
 
+class PeerUnavailable(LoadError):
+    """The probe association failed: the peer is down, refuses us, or accepts none of the contexts."""
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """Every setting of ``batchstore load`` that is not an address (see `batchstore.api.load`)."""
@@ -233,11 +237,13 @@ def _probe(association: AssociationOptions, group: Any) -> dict[int, str]:
     try:
         accept = scu.open()
     except (OSError, NetError, EOFError) as exc:
-        raise LoadError(f"cannot associate with {association.host}:{association.port}: {failure_kind(exc)}: {exc}") from None
+        raise PeerUnavailable(
+            f"cannot associate with {association.host}:{association.port}: {failure_kind(exc)}: {exc}"
+        ) from None
     scu.release()
     accepted = accept.accepted()
     if not accepted:
-        raise LoadError("the peer accepted none of the proposed presentation contexts")
+        raise PeerUnavailable("the peer accepted none of the proposed presentation contexts")
     return accepted
 
 
