@@ -1,9 +1,12 @@
 """Load generator benchmark: can ``batchstore load`` push a peer at least as hard as ``batchstore send``?
 
-1. Against ``storescp --fork`` (``TCP_NODELAY=1``), at 1 and 2 associations, 3 alternating rounds (medians): ``batchstore load`` (closed
+1. Against ``storescp --fork`` (``TCP_NODELAY=1``), at 1 and 2 associations, 5 alternating rounds (medians): ``batchstore load`` (closed
    loop, 1 KB data sets with fresh UIDs, ``--duration``) against ``batchstore send -j N`` of 1 KB files.
    send's steady rate is its marginal one, ``(N_big - N_small) / (t_big - t_small)``, so its fixed start-up
-   (~0.2 s: interpreter, scan, plan) does not count against it. Target: load >= send at each level.
+   (~0.2 s: interpreter, scan, plan) does not count against it. Target: load >= send at each level. Both
+   sides' CPU per C-STORE is reported too (send's from ``RUSAGE_CHILDREN``, marginal like its rate; load's
+   from its report): on a shared 2-core machine it is the steadier figure, and the peer gets what the
+   generator leaves.
 2. The generator's own cost per request, without the network, in µs: the timed path of the loop (the UID
    patch, two ``perf_counter`` calls, the appends) and, after the clock stops, turning the raw figures
    into HDR histograms. Measured in-process with ``time.process_time`` (CPU), which the other processes
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -54,12 +58,22 @@ def _load(port: int, files: list[str], levels: str, seconds: float, out: Path, *
     return data
 
 
-def _send_rate(port: int, corpus_big: Path, big: int, corpus_small: Path, small: int, j: int) -> tuple[float, float]:
-    """(marginal C-STOREs/s, wall C-STOREs/s) of ``batchstore send -j j`` to storescp at `port`."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _send_rate(port: int, corpus_big: Path, big: int, corpus_small: Path, small: int, j: int) -> tuple[float, float, float]:
+    """``batchstore send -j j`` to storescp at `port`: (marginal C-STOREs/s, wall C-STOREs/s, marginal CPU
+    µs per file of all its processes, from ``RUSAGE_CHILDREN``)."""
     env = batchstore_env()
+    cpu0 = _children_cpu()
     t_small = run_timed(batchstore_cmd("send", "-q", "-j", str(j), "+sd", "+r", "127.0.0.1", str(port), str(corpus_small)), env)
+    cpu1 = _children_cpu()
     t_big = run_timed(batchstore_cmd("send", "-q", "-j", str(j), "+sd", "+r", "127.0.0.1", str(port), str(corpus_big)), env)
-    return (big - small) / max(t_big - t_small, 1e-6), big / t_big
+    cpu2 = _children_cpu()
+    cpu_per_file = ((cpu2 - cpu1) - (cpu1 - cpu0)) / (big - small) * 1e6
+    return (big - small) / max(t_big - t_small, 1e-6), big / t_big, cpu_per_file
 
 
 def against_send(work: Path, quick: bool) -> tuple[list[dict[str, Any]], str, list[dict[str, Any]]]:
@@ -69,11 +83,11 @@ def against_send(work: Path, quick: bool) -> tuple[list[dict[str, Any]], str, li
     corpus_small = make_corpus(work, "1k-small", small, 1024, seed=8)  # other UIDs than corpus_big
     files = [str(p) for p in sorted(corpus_small.rglob("*.dcm"))[:3]]
     rows, cells, summary = [], [], []
-    rounds = 1 if quick else 3
+    rounds = 1 if quick else 5
     for j in LEVELS:
         out = work / f"out-load-{j}"
         out.mkdir(parents=True, exist_ok=True)
-        sends: list[tuple[float, float]] = []
+        sends: list[tuple[float, float, float]] = []
         levels: list[dict[str, Any]] = []
         with DcmtkStorescp(["--fork"], out_dir=out, nodelay=True, verbose=False) as scp:
             for _ in range(rounds):  # alternating, medians: the machine is shared
@@ -82,13 +96,15 @@ def against_send(work: Path, quick: bool) -> tuple[list[dict[str, Any]], str, li
             wait_count(out, big + small + sum(lv["completed"] + lv["warmup"] for lv in levels), timeout=60)
         send_marginal = statistics.median(s[0] for s in sends)
         send_wall = statistics.median(s[1] for s in sends)
+        send_cpu = statistics.median(s[2] for s in sends)
         level = sorted(levels, key=lambda lv: lv["stores_per_s"])[len(levels) // 2]
         rate = level["stores_per_s"]
         rows.append({"associations": j, "send_marginal_per_s": round(send_marginal, 1), "send_wall_per_s": round(send_wall, 1),
-                     "load_per_s": rate, "load_p99_ms": level["latency_ms"]["p99"],
+                     "send_cpu_per_file_us": round(send_cpu, 1), "load_per_s": rate,
+                     "load_p99_ms": level["latency_ms"]["p99"], "rounds": rounds,
                      "load_generator_cpu_per_request_us": level["generator"]["cpu_per_request_us"]})  # fmt: skip
         cells.append([str(j), f"{send_wall:,.0f}", f"{send_marginal:,.0f}", f"{rate:,.0f}", f"{rate / send_marginal:.2f}x",
-                      f"{level['generator']['cpu_per_request_us']:.0f}"])  # fmt: skip
+                      f"{send_cpu:.0f}", f"{level['generator']['cpu_per_request_us']:.0f}"])  # fmt: skip
         summary.append(summary_row(f"load vs send to storescp --fork, {j} association(s) (C-STOREs/s)",
                                    target="load >= send", met=rate >= send_marginal, ratio=rate / send_marginal,
                                    result=f"{rate:,.0f} vs {send_marginal:,.0f}/s"))  # fmt: skip
@@ -96,7 +112,9 @@ def against_send(work: Path, quick: bool) -> tuple[list[dict[str, Any]], str, li
 
         shutil.rmtree(out, ignore_errors=True)
     text = "load generator vs batchstore send, 1 KB data sets -> storescp --fork (TCP_NODELAY=1)\n" + format_table(
-        ["associations", "send /s (wall)", "send /s (marginal)", "load /s", "load/send", "load CPU/req us"], cells
+        ["associations", "send /s (wall)", "send /s (marginal)", "load /s", "load/send", "send CPU/file us",
+         "load CPU/req us"],
+        cells,
     )
     return rows, text, summary
 
