@@ -63,14 +63,21 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _send_rate(port: int, corpus_big: Path, big: int, corpus_small: Path, small: int, j: int) -> tuple[float, float, float]:
+def _send_rate(
+    port: int, corpus_big: Path, big: int, corpus_small: Path, small: int, j: int
+) -> tuple[float, float, float]:
     """``batchstore send -j j`` to storescp at `port`: (marginal C-STOREs/s, wall C-STOREs/s, marginal CPU
     µs per file of all its processes, from ``RUSAGE_CHILDREN``)."""
     env = batchstore_env()
     cpu0 = _children_cpu()
-    t_small = run_timed(batchstore_cmd("send", "-q", "-j", str(j), "+sd", "+r", "127.0.0.1", str(port), str(corpus_small)), env)
+    t_small = run_timed(
+        batchstore_cmd("send", "-q", "-j", str(j), "+sd", "+r", "127.0.0.1", str(port), str(corpus_small)),
+        env,
+    )
     cpu1 = _children_cpu()
-    t_big = run_timed(batchstore_cmd("send", "-q", "-j", str(j), "+sd", "+r", "127.0.0.1", str(port), str(corpus_big)), env)
+    t_big = run_timed(
+        batchstore_cmd("send", "-q", "-j", str(j), "+sd", "+r", "127.0.0.1", str(port), str(corpus_big)), env
+    )
     cpu2 = _children_cpu()
     cpu_per_file = ((cpu2 - cpu1) - (cpu1 - cpu0)) / (big - small) * 1e6
     return (big - small) / max(t_big - t_small, 1e-6), big / t_big, cpu_per_file
@@ -111,10 +118,20 @@ def against_send(work: Path, quick: bool) -> tuple[list[dict[str, Any]], str, li
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
-    text = "load generator vs batchstore send, 1 KB data sets -> storescp --fork (TCP_NODELAY=1)\n" + format_table(
-        ["associations", "send /s (wall)", "send /s (marginal)", "load /s", "load/send", "send CPU/file us",
-         "load CPU/req us"],
-        cells,
+    text = (
+        "load generator vs batchstore send, 1 KB data sets -> storescp --fork (TCP_NODELAY=1)\n"
+        + format_table(
+            [
+                "associations",
+                "send /s (wall)",
+                "send /s (marginal)",
+                "load /s",
+                "load/send",
+                "send CPU/file us",
+                "load CPU/req us",
+            ],
+            cells,
+        )
     )
     return rows, text, summary
 
@@ -148,7 +165,9 @@ def overhead(quick: bool) -> dict[str, float]:
         sizes.append(template.size)
         statuses[0] = statuses.get(0, 0) + 1
     timed = (time.process_time() - cpu0) / n * 1e6
-    lat = np.frombuffer(latency_us, dtype=np.uint64) + np.random.default_rng(1).integers(100, 5000, n).astype(np.uint64)
+    lat = np.frombuffer(latency_us, dtype=np.uint64) + np.random.default_rng(1).integers(100, 5000, n).astype(
+        np.uint64
+    )
     cpu0 = time.process_time()
     histogram_of(lat)
     after = (time.process_time() - cpu0) / n * 1e6
@@ -169,7 +188,9 @@ def sweep(work: Path, quick: bool) -> tuple[dict[str, Any], str]:
 
     shutil.rmtree(out, ignore_errors=True)
     with Orthanc() as orthanc:
-        reports["Orthanc (defaults)"] = _load(orthanc.dicom_port, files, levels, seconds, work, "-aec", "ORTHANC")
+        reports["Orthanc (defaults)"] = _load(
+            orthanc.dicom_port, files, levels, seconds, work, "-aec", "ORTHANC"
+        )
     cells = []
     for peer, report in reports.items():
         for lv in report["levels"]:
@@ -178,8 +199,24 @@ def sweep(work: Path, quick: bool) -> tuple[dict[str, Any], str]:
                           f"{lat['p50']:.2f}", f"{lat['p99']:.2f}", f"{lat['max']:.1f}", f"{lv['setup_ms']['p50']:.1f}",
                           str(lv["failed"]), f"{lv['generator']['cpu_percent']:.0f}%",
                           f"{lv['generator']['machine_cpu_percent']:.0f}%"])  # fmt: skip
-    text = f"sweep, closed loop, 1 KB data sets with fresh UIDs, {seconds:g} s per level (latency ms)\n" + format_table(
-        ["peer", "assoc", "C-STORE/s", "MB/s", "p50", "p99", "max", "setup", "failed", "gen CPU", "machine"], cells
+    text = (
+        f"sweep, closed loop, 1 KB data sets with fresh UIDs, {seconds:g} s per level (latency ms)\n"
+        + format_table(
+            [
+                "peer",
+                "assoc",
+                "C-STORE/s",
+                "MB/s",
+                "p50",
+                "p99",
+                "max",
+                "setup",
+                "failed",
+                "gen CPU",
+                "machine",
+            ],
+            cells,
+        )
     )
     return reports, text
 
@@ -208,7 +245,9 @@ def run(work: Path, quick: bool = False) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller corpora, 1 s levels")
     parser.add_argument("--work", help="work directory (kept; default: a temporary one)")
     parser.add_argument("--json", default=str(RESULTS / "load.json"))

@@ -78,7 +78,11 @@ def test_report_renders_in_headless_chromium_without_network(report_page, tmp_pa
         assert width > 300 and height > 200 and lines >= 1, charts
     assert page.as_uri() in requests, requests
     # the browser's own pages (its new tab) load chrome:// resources; nothing goes to a network
-    network = [u for u in requests if not u.startswith(("file://", "chrome://", "chrome-untrusted://", "about:", "data:"))]
+    network = [
+        u
+        for u in requests
+        if not u.startswith(("file://", "chrome://", "chrome-untrusted://", "about:", "data:"))
+    ]
     assert not network and [u for u in requests if u.startswith("file://")] == [page.as_uri()], requests
     assert not [m for m in console if "Refused" in m or "violates" in m or "ERR_" in m], console
     image = Image.open(io.BytesIO(png)).convert("RGB")

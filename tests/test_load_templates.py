@@ -82,7 +82,9 @@ def test_missing_elements_are_added_and_keep_uids_sends_the_file_as_is(mixed, tm
     _instances, templates = _prepared([str(bare)])
     FreshUids().apply(templates[0], 7)
     out = _decode(templates[0].payload, templates[0].transfer_syntax)
-    assert out.PatientID.startswith("BS") and out.SeriesInstanceUID and out.SOPInstanceUID != ds.SOPInstanceUID
+    assert (
+        out.PatientID.startswith("BS") and out.SeriesInstanceUID and out.SOPInstanceUID != ds.SOPInstanceUID
+    )
     _instances, kept = _prepared([mixed[0]], fresh=False)
     with open(mixed[0], "rb") as fh:
         fh.seek(kept[0].instance.data_offset)

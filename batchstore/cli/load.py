@@ -39,7 +39,9 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
 _UNIT = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
-def parse_duration(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> float | None:
+def parse_duration(
+    ctx: click.Context | None, param: click.Parameter | None, value: str | None
+) -> float | None:
     """``60``, ``60s``, ``1.5m``, ``500ms``, ``1h`` -> seconds."""
     if value is None:
         return None
@@ -66,7 +68,9 @@ def parse_levels(ctx: click.Context | None, param: click.Parameter | None, value
     except ValueError:
         levels = ()
     if not levels or min(levels) < 1 or max(levels) > 999:
-        raise click.BadParameter(f"{value!r}: give numbers of associations from 1 to 999, e.g. 1,2,4,8", ctx, param)
+        raise click.BadParameter(
+            f"{value!r}: give numbers of associations from 1 to 999, e.g. 1,2,4,8", ctx, param
+        )
     return levels
 
 
@@ -124,21 +128,74 @@ class _Progress:
 
 
 @click.command("load", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(__version__, "--version", prog_name="batchstore", help="Print version information and exit.")
+@click.version_option(
+    __version__, "--version", prog_name="batchstore", help="Print version information and exit."
+)
 @click.argument("peer")
 @click.argument("port", type=click.IntRange(1, 65535))
 @click.argument("dcmfile_in", nargs=-1, metavar="DCMFILE-IN...")
-@click.option("--duration", callback=parse_duration, help="Measured time per level (60s, 2m; default 10s without --count).")
-@click.option("--count", type=click.IntRange(min=1), help="Measured C-STOREs per level (stops at --duration too, if given).")
-@click.option("--warmup", callback=parse_duration, default="0", help="Time per level before measuring (left out of the figures).")
-@click.option("--rate", callback=parse_rate, help="Open loop: requests per second over all associations (200/s); latency from each request's scheduled time.")
-@click.option("--concurrency", callback=parse_levels, default="1", show_default=True, help="Associations per level, one level each: 1,2,4,8,16.")
-@click.option("--keep-uids", is_flag=True, help="Send the files' own UIDs (default: fresh UIDs per C-STORE, storescu's +II).")
-@click.option("--stores-per-association", type=click.IntRange(min=0), default=0, help="Release and associate again after this many C-STOREs (0: one association per level).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every figure and the raw histograms as JSON.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report with charts.")
-@click.option("--i-know-this-is-a-load-test", "allow_remote", is_flag=True, help="Allow a peer that is not on this machine (loopback).")
-@click.option("--progress/--no-progress", default=None, help="Progress line per level (default: on when stderr is a terminal).")
+@click.option(
+    "--duration",
+    callback=parse_duration,
+    help="Measured time per level (60s, 2m; default 10s without --count).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    help="Measured C-STOREs per level (stops at --duration too, if given).",
+)
+@click.option(
+    "--warmup",
+    callback=parse_duration,
+    default="0",
+    help="Time per level before measuring (left out of the figures).",
+)
+@click.option(
+    "--rate",
+    callback=parse_rate,
+    help="Open loop: requests per second over all associations (200/s); latency from each request's scheduled time.",
+)
+@click.option(
+    "--concurrency",
+    callback=parse_levels,
+    default="1",
+    show_default=True,
+    help="Associations per level, one level each: 1,2,4,8,16.",
+)
+@click.option(
+    "--keep-uids",
+    is_flag=True,
+    help="Send the files' own UIDs (default: fresh UIDs per C-STORE, storescu's +II).",
+)
+@click.option(
+    "--stores-per-association",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Release and associate again after this many C-STOREs (0: one association per level).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    help="Write every figure and the raw histograms as JSON.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    help="Write a self-contained HTML report with charts.",
+)
+@click.option(
+    "--i-know-this-is-a-load-test",
+    "allow_remote",
+    is_flag=True,
+    help="Allow a peer that is not on this machine (loopback).",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress line per level (default: on when stderr is a terminal).",
+)
 @click.pass_context
 def command(ctx: click.Context, **kw: Any) -> None:
     """Load-test a Storage SCP: C-STOREs/s, MB/s and latency percentiles per number of associations.
@@ -157,7 +214,9 @@ def command(ctx: click.Context, **kw: Any) -> None:
         raise click.UsageError("-xf/--config-file cannot be combined with a -x proposal option")
     if kw["password"] is not None and not kw["user"]:
         raise click.UsageError("-pwd/--password needs -usr/--user")
-    if kw["keep_uids"] and (kw["invent_instance"] or kw["invent_series"] or kw["invent_study"] or kw["invent_patient"]):
+    if kw["keep_uids"] and (
+        kw["invent_instance"] or kw["invent_series"] or kw["invent_study"] or kw["invent_patient"]
+    ):
         raise click.UsageError("--keep-uids cannot be combined with +II/+IR/+IS/+IP")
     profile = None
     if kw["config_file"]:

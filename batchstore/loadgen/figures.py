@@ -125,9 +125,21 @@ def merge_level(
     """One `Level` from its associations' results."""
     import numpy as np
 
-    lat = np.concatenate([np.frombuffer(r.latency_us, dtype=np.uint64) for r in results]) if results else np.zeros(0, np.uint64)
-    due = np.concatenate([np.frombuffer(r.due_ms, dtype=np.uint32) for r in results]) if results else np.zeros(0, np.uint32)
-    fail_ms = np.concatenate([np.frombuffer(r.failure_ms, dtype=np.uint32) for r in results]) if results else np.zeros(0, np.uint32)
+    lat = (
+        np.concatenate([np.frombuffer(r.latency_us, dtype=np.uint64) for r in results])
+        if results
+        else np.zeros(0, np.uint64)
+    )
+    due = (
+        np.concatenate([np.frombuffer(r.due_ms, dtype=np.uint32) for r in results])
+        if results
+        else np.zeros(0, np.uint32)
+    )
+    fail_ms = (
+        np.concatenate([np.frombuffer(r.failure_ms, dtype=np.uint32) for r in results])
+        if results
+        else np.zeros(0, np.uint32)
+    )
     hist = histogram_of(lat)
     setup = histogram_of(np.array([u for r in results for u in r.setup_us], dtype=np.uint64))
     last_done = max((r.last_done for r in results if r.last_done), default=0.0)
@@ -199,13 +211,17 @@ def merge_level(
     )
 
 
-def _series(lat: Any, due: Any, fail_ms: Any, results: Sequence[WorkerResult], elapsed: float) -> list[dict[str, float]]:
+def _series(
+    lat: Any, due: Any, fail_ms: Any, results: Sequence[WorkerResult], elapsed: float
+) -> list[dict[str, float]]:
     """Per second of the measured window (by due time): C-STOREs/s, MB/s, p50/p99/max latency, failures."""
     import numpy as np
 
     if not len(lat) and not len(fail_ms):
         return []
-    sizes = np.concatenate([np.frombuffer(r.sizes, dtype=np.uint32) for r in results]) if results else np.zeros(0)
+    sizes = (
+        np.concatenate([np.frombuffer(r.sizes, dtype=np.uint32) for r in results]) if results else np.zeros(0)
+    )
     # whole seconds of the window; a last partial second shorter than 0.1 s (the responses to requests due
     # just before the end) is counted in the one before it
     seconds = max(1, int(elapsed) + (1 if elapsed - int(elapsed) >= 0.1 else 0))
@@ -277,7 +293,10 @@ class LoadReport:
             f"{'assoc':>5} {'rate':>7} {'C-STORE/s':>10} {'MB/s':>8} {'p50':>8} {'p90':>8} {'p95':>8} "
             f"{'p99':>8} {'p99.9':>8} {'max':>8} {'setup':>7} {'ok':>8} {'failed':>6} {'gen CPU':>8}"
         )
-        lines = [head, "latency in ms; setup: association setup p50 (ms); gen CPU: load generator, % of one core"]
+        lines = [
+            head,
+            "latency in ms; setup: association setup p50 (ms); gen CPU: load generator, % of one core",
+        ]
         for lv in self.levels:
             lat = lv.latency_ms
             rate = f"{lv.requested_rate:g}" if lv.requested_rate else "closed"
@@ -290,14 +309,20 @@ class LoadReport:
             )
         for lv in self.levels:
             bad = {s: n for s, n in lv.statuses.items() if s != "0x0000"}
-            for what, counts in (("statuses", bad), ("failures", lv.failures), ("setup failures", lv.setup_failures)):
+            for what, counts in (
+                ("statuses", bad),
+                ("failures", lv.failures),
+                ("setup failures", lv.setup_failures),
+            ):
                 if counts:
                     text = ", ".join(f"{k}: {v}" for k, v in counts.items())
                     lines.append(f"  {lv.concurrency} associations, {what}: {text}")
             if lv.generator.note:
                 lines.append(f"  * {lv.concurrency} associations: {lv.generator.note}")
             if lv.late_at_end:
-                lines.append(f"  {lv.concurrency} associations: {lv.late_at_end} requests due before the end never went out")
+                lines.append(
+                    f"  {lv.concurrency} associations: {lv.late_at_end} requests due before the end never went out"
+                )
             for error in lv.errors:
                 lines.append(f"  {lv.concurrency} associations: {error}")
         return "\n".join(lines)

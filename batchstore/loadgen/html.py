@@ -82,8 +82,13 @@ def charts(report: LoadReport) -> list[str]:
     levels = report.levels
     labels = [str(lv.concurrency) for lv in levels]
     out = []
-    tp = _chart("Line", "Throughput against concurrency", x_title="associations", y_title="C-STOREs/s",
-                include_x_axis=True)
+    tp = _chart(
+        "Line",
+        "Throughput against concurrency",
+        x_title="associations",
+        y_title="C-STOREs/s",
+        include_x_axis=True,
+    )
     tp.x_labels = labels
     tp.add("C-STOREs/s", [lv.stores_per_s for lv in levels])
     tp.add("MB/s", [lv.mb_per_s for lv in levels], secondary=True)
@@ -99,16 +104,24 @@ def charts(report: LoadReport) -> list[str]:
     # over time: one point per second of the measured window (by due time), one line per level
     seconds = max((len(lv.series) for lv in levels), default=0)
     ticks = [str(t + 1) for t in range(seconds)]
-    over = _chart("Line", "Throughput over time", x_title="second of the level", y_title="C-STOREs/s",
-                  include_x_axis=True)
+    over = _chart(
+        "Line",
+        "Throughput over time",
+        x_title="second of the level",
+        y_title="C-STOREs/s",
+        include_x_axis=True,
+    )
     over.x_labels = ticks
     for lv in levels:
         over.add(_name(lv), [s["stores_per_s"] for s in lv.series])
     out.append(_render(over))
-    lat_time = _chart("Line", "Latency over time (ms, log): p99 and max", x_title="second of the level",
-                      logarithmic=True)
+    lat_time = _chart(
+        "Line", "Latency over time (ms, log): p99 and max", x_title="second of the level", logarithmic=True
+    )
     lat_time.x_labels = ticks
-    lat_time.y_labels = _log_labels([v for lv in levels for st in lv.series for v in (st["p99_ms"], st["max_ms"])])
+    lat_time.y_labels = _log_labels(
+        [v for lv in levels for st in lv.series for v in (st["p99_ms"], st["max_ms"])]
+    )
     for lv in levels:
         # a second without a response has no latency: a gap in the line
         lat_time.add(f"{_name(lv)} p99", [s["p99_ms"] if s["max_ms"] > 0 else None for s in lv.series])
@@ -124,7 +137,9 @@ def _name(level: Level) -> str:
 def _table(head: list[str], rows: list[list[Any]]) -> str:
     cells = "".join(f"<th{' class=l' if i == 0 else ''}>{html.escape(h)}</th>" for i, h in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f"<td{' class=l' if i == 0 else ''}>{html.escape(str(v))}</td>" for i, v in enumerate(r)) + "</tr>"
+        "<tr>"
+        + "".join(f"<td{' class=l' if i == 0 else ''}>{html.escape(str(v))}</td>" for i, v in enumerate(r))
+        + "</tr>"
         for r in rows
     )
     return f"<table><tr>{cells}</tr>{body}</table>"
@@ -149,14 +164,20 @@ def render_html(report: LoadReport) -> str:
             [lv.concurrency, f"{lv.stores_per_s:.1f}", f"{lv.mb_per_s:.2f}"]
             + [f"{lat[k]:.2f}" for k in ("p50", "p90", "p95", "p99", "p99.9", "max")]
             + [f"{lv.setup_ms['p50']:.2f}", f"{lv.setup_ms['max']:.2f}", lv.completed, lv.failed]
-            + [f"{lv.generator.cpu_percent:.0f}", f"{lv.generator.cpu_per_request_us:.0f}", f"{lv.generator.rss_bytes / 1e6:.0f}"]
+            + [
+                f"{lv.generator.cpu_percent:.0f}",
+                f"{lv.generator.cpu_per_request_us:.0f}",
+                f"{lv.generator.rss_bytes / 1e6:.0f}",
+            ]
         )
     detail = []
     for lv in report.levels:
         items = [f"{k}: {v}" for k, v in lv.statuses.items()]
         items += [f"{k}: {v}" for k, v in lv.failures.items()]
         items += [f"setup {k}: {v}" for k, v in lv.setup_failures.items()]
-        detail.append([lv.concurrency, ", ".join(items) or "-", lv.generator.note or "-", "; ".join(lv.errors) or "-"])
+        detail.append(
+            [lv.concurrency, ", ".join(items) or "-", lv.generator.note or "-", "; ".join(lv.errors) or "-"]
+        )
     svgs = "".join(f"<figure>{svg}</figure>" for svg in charts(report))
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
@@ -166,7 +187,9 @@ def render_html(report: LoadReport) -> str:
         f"<h2>Per level</h2><p>Latency in ms, from each request's {'scheduled time' if s.get('rate_per_s') else 'send'} "
         "to its response (HDR histogram); association setup in ms; gen: the load generator's own processes.</p>"
         + _table(head, rows)
-        + "<h2>Charts</h2><div class=charts>" + svgs + "</div>"
+        + "<h2>Charts</h2><div class=charts>"
+        + svgs
+        + "</div>"
         + "<h2>Statuses, failures, notes</h2>"
         + _table(["associations", "DIMSE statuses and failures", "load generator", "errors"], detail)
         + "</body></html>\n"

@@ -129,7 +129,9 @@ def is_loopback(host: str, family: int = socket.AF_UNSPEC) -> bool:
     except (socket.gaierror, UnicodeError):
         return False
     try:
-        return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+        return bool(infos) and all(
+            ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos
+        )
     except ValueError:
         return False
 
@@ -200,7 +202,9 @@ def load(
         started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
     for concurrency in options.concurrency:
-        level, interrupted = _run_level(concurrency, association, group, templates, accepted, options, progress)
+        level, interrupted = _run_level(
+            concurrency, association, group, templates, accepted, options, progress
+        )
         report.levels.append(level)
         if progress is not None:
             progress.end_level(level)
@@ -232,7 +236,9 @@ def _settings(options: LoadOptions) -> dict[str, Any]:
 
 def _probe(association: AssociationOptions, group: Any) -> dict[int, str]:
     """Associate once: the accepted contexts, or a `LoadError` saying why the peer cannot be load-tested."""
-    contexts = tuple((pc.context_id, pc.abstract_syntax, tuple(pc.transfer_syntaxes)) for pc in group.contexts)
+    contexts = tuple(
+        (pc.context_id, pc.abstract_syntax, tuple(pc.transfer_syntaxes)) for pc in group.contexts
+    )
     scu = StoreSCU(association, contexts)
     try:
         accept = scu.open()
@@ -307,7 +313,9 @@ def _run_level(
                 if options.fresh_uids
                 else None
             )
-            worker = LoadWorker(association, group, templates, accepted, fresh, options.read_mode == "dataset")
+            worker = LoadWorker(
+                association, group, templates, accepted, fresh, options.read_mode == "dataset"
+            )
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(target=worker_main, args=(child_end, worker, live), daemon=True)  # type: ignore[attr-defined]
             proc.start()
@@ -328,7 +336,9 @@ def _run_level(
             conn.send(("go", schedule))
         measure_from, end = schedules[0].measure_from, max(s.end for s in schedules)
         if progress is not None:
-            progress.start_level(concurrency, options.duration or (None if options.count else DEFAULT_DURATION), options.count)
+            progress.start_level(
+                concurrency, options.duration or (None if options.count else DEFAULT_DURATION), options.count
+            )
         cpu_reset = False
         parent_cpu0 = time.process_time()
         pending = {id(c): (slot, c) for slot, c in enumerate(conns)}
@@ -367,7 +377,9 @@ def _run_level(
             machine_cpu = psutil.cpu_percent(None)
         parent_cpu = time.process_time() - parent_cpu0
         for slot, _conn in pending.values():
-            errors.append(f"association {slot + 1}: still busy {GRACE + 5:.0f} s after the level's end; stopped")
+            errors.append(
+                f"association {slot + 1}: still busy {GRACE + 5:.0f} s after the level's end; stopped"
+            )
     except KeyboardInterrupt:
         interrupted = True
         live[2 * concurrency] = 1

@@ -195,7 +195,9 @@ def _encoded(instance: Instance, ts: str, mode: str, read_dataset_only: bool) ->
             return fh.read()
     from ..dicom.transcode import encode_dataset
 
-    return bytes(encode_dataset(instance.path, instance.transfer_syntax, ts, None, 0, read_dataset_only).payload)
+    return bytes(
+        encode_dataset(instance.path, instance.transfer_syntax, ts, None, 0, read_dataset_only).payload
+    )
 
 
 def prepare(
@@ -234,7 +236,9 @@ def prepare(
             except (OSError, ValueError, WalkError) as exc:
                 last_error = f"{ts_name(ts)}: {exc}"
                 continue
-            templates.append(Template(inst, cid, inst.sop_class_uid, inst.sop_instance_uid, ts, payload, slots))
+            templates.append(
+                Template(inst, cid, inst.sop_class_uid, inst.sop_instance_uid, ts, payload, slots)
+            )
             break
         else:
             raise PrepareError(f"{inst.path}: cannot be prepared ({last_error})")

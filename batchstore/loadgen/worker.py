@@ -230,7 +230,9 @@ class LoadWorker:
             on_assoc += 1
             scu = self.scu
             try:
-                status = scu.store_bytes(template.context_id, template.sop_class_uid, uid, memoryview(template.payload)).status
+                status = scu.store_bytes(
+                    template.context_id, template.sop_class_uid, uid, memoryview(template.payload)
+                ).status
             except (OSError, NetError, EOFError) as exc:
                 self.close(release=False)
                 if live is not None:
