@@ -363,7 +363,8 @@ def load(
         The peer. A peer that is not a loopback address is refused unless ``allow_remote=True``.
     options : batchstore.loadgen.run.LoadOptions, optional
         All other settings; keyword `overrides` replace single fields (``concurrency=(1, 2, 4)``,
-        ``duration=10``, ``count=1000``, ``warmup=2``, ``rate=200``, ``stores_per_association=100``...).
+        ``duration=10``, ``count=1000``, ``warmup=2``, ``rate=200``, ``stores_per_association=100``...),
+        those of its `association` too (``called_ae="PACS"``, ``max_pdu=65536``, ``tls=...``).
     progress : LoadProgress, optional
         Told when each level starts, about four times a second while it runs, and when it ends.
 
@@ -383,5 +384,14 @@ def load(
     from .loadgen.run import LoadOptions
     from .loadgen.run import load as run_load
 
-    options = replace(options or LoadOptions(), **overrides)  # type: ignore[arg-type]
+    options = options or LoadOptions()
+    network = {k: v for k, v in overrides.items() if k in _ASSOCIATION_FIELDS}
+    if network:
+        options = replace(options, association=replace(options.association, **network))  # type: ignore[arg-type]
+    rest = {k: v for k, v in overrides.items() if k not in network}
+    options = replace(options, **rest)  # type: ignore[arg-type]
     return run_load(paths, host, port, options, progress)
+
+
+#: `AssociationOptions` fields `load` takes as keywords (``called_ae="PACS"``) besides `LoadOptions`' own.
+_ASSOCIATION_FIELDS = frozenset(AssociationOptions.__dataclass_fields__) - {"host", "port"}

@@ -87,8 +87,10 @@ def test_load_against_batchstore_receiver_fresh_uids_api(files, tmp_path) -> Non
     out = tmp_path / "out"
     with BatchstoreReceiver(out, fork=True) as receiver:
         report = batchstore.load(files, "127.0.0.1", receiver.port, concurrency=(2,), duration=1.0, warmup=0.2,
-                                 series_after=10, study_after=2, patient_after=2)  # fmt: skip
+                                 series_after=10, study_after=2, patient_after=2, called_ae="LOADTEST",
+                                 calling_ae="MODALITY")  # fmt: skip
         wait_count(out, sent(report), timeout=15)
+    assert report.settings["called_ae"] == "LOADTEST" and report.settings["calling_ae"] == "MODALITY"
     check_level_consistent(report.as_dict()["levels"][0], 1.0)
     index = received_index(out)
     assert len(index) == count_files(out) == sent(report)  # no two C-STOREs carried the same UID

@@ -21,6 +21,7 @@ from ..loadgen.figures import EXIT_NO_INPUT, EXIT_NOTHING, Level
 from ..loadgen.run import LoadError, LoadOptions, NoInput, PeerUnavailable, RemotePeerRefused
 from ..sender.plan import PlanOptions
 from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
+from ..sender.scu import AssociationOptions
 from . import send as send_cli
 from .common import setup_logging, tls_settings
 
@@ -227,17 +228,21 @@ def command(ctx: click.Context, **kw: Any) -> None:
         except (ConfigError, OSError) as exc:
             raise click.BadParameter(str(exc), param_hint="-xf/--config-file") from exc
     options = LoadOptions(
-        calling_ae=str(kw["aetitle"]),
-        called_ae=str(kw["call"]),
-        family={"4": socket.AF_INET, "6": socket.AF_INET6, "0": socket.AF_UNSPEC}[str(kw["family"])],
-        max_pdu=int(kw["max_pdu"]),
-        max_send_pdu=int(kw["max_send_pdu"] or 0),
-        connect_timeout=kw["timeout"],
-        socket_timeout=float(kw["socket_timeout"]) or None,
-        acse_timeout=float(kw["acse_timeout"]),
-        dimse_timeout=kw["dimse_timeout"],
-        user_identity=send_cli._user_identity(kw),
-        tls=tls_settings(kw, server=False),
+        association=AssociationOptions(
+            host=str(kw["peer"]),
+            port=int(kw["port"]),
+            calling_ae=str(kw["aetitle"]),
+            called_ae=str(kw["call"]),
+            family={"4": socket.AF_INET, "6": socket.AF_INET6, "0": socket.AF_UNSPEC}[str(kw["family"])],
+            max_pdu=int(kw["max_pdu"]),
+            max_send_pdu=int(kw["max_send_pdu"] or 0),
+            connect_timeout=kw["timeout"],
+            socket_timeout=float(kw["socket_timeout"]) or None,
+            acse_timeout=float(kw["acse_timeout"]),
+            dimse_timeout=kw["dimse_timeout"],
+            user_identity=send_cli._user_identity(kw),
+            tls=tls_settings(kw, server=False),
+        ),
         scan_directories=bool(kw["scan_directories"]),
         recurse=bool(kw["recurse"]),
         pattern=kw["scan_pattern"],

@@ -16,11 +16,10 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from ..net.acse import UserIdentity
 from ..net.errors import NetError
 from ..sender.plan import PlanOptions, make_plan
 from ..sender.scan import scan
@@ -28,9 +27,6 @@ from ..sender.scu import AssociationOptions, StoreSCU
 from .figures import Level, LoadReport, merge_level
 from .templates import FreshUids, PrepareError, Template, prepare
 from .worker import LoadWorker, Schedule, WorkerResult, failure_kind, worker_main
-
-if TYPE_CHECKING:
-    from ..net.tls import TLSOptions
 
 log = logging.getLogger("batchstore.load")
 
@@ -62,17 +58,9 @@ class PeerUnavailable(LoadError):
 class LoadOptions:
     """Every setting of ``batchstore load`` that is not an address (see `batchstore.api.load`)."""
 
-    calling_ae: str = "STORESCU"
-    called_ae: str = "ANY-SCP"
-    family: int = socket.AF_INET
-    max_pdu: int = 16384
-    max_send_pdu: int = 0
-    connect_timeout: float | None = None
-    socket_timeout: float | None = 60.0
-    acse_timeout: float | None = 30.0
-    dimse_timeout: float | None = None
-    user_identity: UserIdentity | None = None
-    tls: TLSOptions | None = None
+    #: storescu's network options (-aet, -aec, -pdu, -to, -ts, -ta, -td, user identity, TLS); its host and
+    #: port are the peer given to `load`
+    association: AssociationOptions = field(default_factory=lambda: AssociationOptions("", 0))
     scan_directories: bool = False
     recurse: bool = False
     pattern: str | None = None
@@ -90,23 +78,6 @@ class LoadOptions:
     stores_per_association: int = 0  # release and associate again after this many (0: never)
     allow_remote: bool = False  # --i-know-this-is-a-load-test
     time_bound: float = DEFAULT_TIME_BOUND
-
-    def association(self, host: str, port: int) -> AssociationOptions:
-        return AssociationOptions(
-            host=host,
-            port=port,
-            calling_ae=self.calling_ae,
-            called_ae=self.called_ae,
-            family=self.family,
-            max_pdu=self.max_pdu,
-            max_send_pdu=self.max_send_pdu,
-            connect_timeout=self.connect_timeout,
-            socket_timeout=self.socket_timeout,
-            acse_timeout=self.acse_timeout,
-            dimse_timeout=self.dimse_timeout,
-            user_identity=self.user_identity,
-            tls=self.tls,
-        )
 
 
 class LoadProgress(Protocol):
@@ -138,7 +109,7 @@ def is_loopback(host: str, family: int = socket.AF_UNSPEC) -> bool:
 
 def check_settings(host: str, options: LoadOptions) -> None:
     """Refuse what must not run: a remote peer without the user's word, a level without an end."""
-    if not options.allow_remote and not is_loopback(host, options.family):
+    if not options.allow_remote and not is_loopback(host, options.association.family):
         raise RemotePeerRefused(
             f"{host} is not a loopback address: a load test can take a PACS down; "
             "add --i-know-this-is-a-load-test to run it against another machine"
@@ -185,7 +156,7 @@ def load(
             "than one association carries (128): load-test with fewer SOP classes and transfer syntaxes"
         )
     group = plan.context_groups[0]
-    association = options.association(host, port)
+    association = replace(options.association, host=host, port=port)
     accepted = _probe(association, group)
     read_only = options.read_mode == "dataset"
     try:
@@ -227,10 +198,10 @@ def _settings(options: LoadOptions) -> dict[str, Any]:
         "study_after": options.study_after,
         "patient_after": options.patient_after,
         "stores_per_association": options.stores_per_association,
-        "calling_ae": options.calling_ae,
-        "called_ae": options.called_ae,
-        "max_pdu": options.max_pdu,
-        "tls": options.tls is not None,
+        "calling_ae": options.association.calling_ae,
+        "called_ae": options.association.called_ae,
+        "max_pdu": options.association.max_pdu,
+        "tls": options.association.tls is not None,
     }
 
 
@@ -322,7 +293,7 @@ def _run_level(
             child_end.close()
             conns.append(parent_end)
             procs.append(proc)
-        setup_wait = (options.connect_timeout or 30.0) + (options.acse_timeout or 30.0) + 5.0
+        setup_wait = (association.connect_timeout or 30.0) + (association.acse_timeout or 30.0) + 5.0
         for slot, conn in enumerate(conns):
             if not conn.poll(setup_wait):
                 errors.append(f"association {slot + 1}: no answer from its process within {setup_wait:.0f} s")
