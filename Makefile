@@ -6,10 +6,11 @@ DEMO_DIR ?= demo-out
 .PHONY: setup demo test lint perf clean
 
 $(STAMP): pyproject.toml
-	@if [ ! -x /usr/bin/storescp ] || [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/openssl ]; then \
-	    echo "installing dcmtk, orthanc and openssl (Debian packages)"; \
+	@if [ ! -x /usr/bin/storescp ] || [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/openssl ] \
+	    || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	    echo "installing dcmtk, orthanc, openssl, chromium and chromium-driver (Debian packages)"; \
 	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq dcmtk orthanc openssl >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq dcmtk orthanc openssl chromium chromium-driver >/dev/null; \
 	fi
 	$(PYTHON) -m pip install -q -e '.[test,cluster]'
 	@# bytecode caches, as an installed copy has them (also where PYTHONDONTWRITEBYTECODE is set)

@@ -6,6 +6,11 @@ Scripts call it directly::
     report = batchstore.send(["/data/dicom"], "pacs.example", 104, workers=4, scan_directories=True,
                              recurse=True, called_ae="PACS")
     print(report.exit_code(), report.delivered)
+
+`load` load-tests a Storage SCP and returns the same figures ``batchstore load`` prints::
+
+    report = batchstore.load(["ct.dcm"], "127.0.0.1", 11112, concurrency=(1, 2, 4), duration=10)
+    print(report.levels[0].stores_per_s, report.levels[0].latency_ms["p99"])
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from .sender.scu import AssociationOptions
 from .sender.worker import WorkerConfig
 
 if TYPE_CHECKING:
+    from .loadgen.figures import LoadReport
+    from .loadgen.run import LoadOptions, LoadProgress
     from .net.tls import TLSOptions
     from .sender.cluster import Cluster
     from .sender.commitment import CommitOptions, CommitResult
@@ -419,3 +426,56 @@ def commit(
         tls=tls,
     )
     return commit_journal(journal, assoc, options or CommitOptions())
+
+
+def load(
+    paths: Sequence[str],
+    host: str,
+    port: int,
+    options: LoadOptions | None = None,
+    progress: LoadProgress | None = None,
+    **overrides: object,
+) -> LoadReport:
+    """Load-test the Storage SCP at `host`:`port` with the DICOM files under `paths`.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Files (and directories, with ``scan_directories=True``); each is encoded once, before the clock
+        starts, and sent over and over, with fresh UIDs per C-STORE unless ``fresh_uids=False``.
+    host, port : str, int
+        The peer. A peer that is not a loopback address is refused unless ``allow_remote=True``.
+    options : batchstore.loadgen.run.LoadOptions, optional
+        All other settings; keyword `overrides` replace single fields (``concurrency=(1, 2, 4)``,
+        ``duration=10``, ``count=1000``, ``warmup=2``, ``rate=200``, ``stores_per_association=100``...),
+        those of its `association` too (``called_ae="PACS"``, ``max_pdu=65536``, ``tls=...``).
+    progress : LoadProgress, optional
+        Told when each level starts, about four times a second while it runs, and when it ends.
+
+    Returns
+    -------
+    batchstore.loadgen.figures.LoadReport
+        One `Level` per concurrency level: C-STOREs/s, MB/s, latency percentiles (ms) from an HDR
+        histogram, association setup latency, counts by DIMSE status and by failure kind, the load
+        generator's CPU and RSS, a per-second series; ``write_json`` and ``exit_code()`` as the CLI uses.
+
+    Raises
+    ------
+    batchstore.loadgen.run.LoadError
+        The test cannot start: a remote peer without ``allow_remote``, no input (`NoInput`), a peer that
+        cannot be associated with, a file that cannot be prepared.
+    """
+    from .loadgen.run import LoadOptions
+    from .loadgen.run import load as run_load
+
+    options = options or LoadOptions()
+    network = {k: v for k, v in overrides.items() if k in _ASSOCIATION_FIELDS}
+    if network:
+        options = replace(options, association=replace(options.association, **network))  # type: ignore[arg-type]
+    rest = {k: v for k, v in overrides.items() if k not in network}
+    options = replace(options, **rest)  # type: ignore[arg-type]
+    return run_load(paths, host, port, options, progress)
+
+
+#: `AssociationOptions` fields `load` takes as keywords (``called_ae="PACS"``) besides `LoadOptions`' own.
+_ASSOCIATION_FIELDS = frozenset(AssociationOptions.__dataclass_fields__) - {"host", "port"}

@@ -18,6 +18,8 @@ Benchmarks, in order (each is also runnable alone, see its docstring):
   for an uncompressed-only peer (each against its DCMTK anchor).
 - ``small``    (bench_small.py):   100 x 1 KB sent end to end and the first C-STORE's time; 100 one-file
   associations into each --fork receiver.
+- ``load``     (bench_load.py):    batchstore load vs batchstore send to storescp --fork at 1 and 2
+  associations, the generator's overhead per request, a 1-16 association sweep vs storescp and Orthanc.
 
 Usage: ``python perf/run_all.py [--quick] [--only send,receive,...] [--work DIR]``. ``--quick`` runs about a
 tenth of every size (a smoke run; its ratios are dominated by start-up costs and its targets are not
@@ -41,6 +43,7 @@ from typing import Any
 import bench_cluster
 import bench_engines
 import bench_journal
+import bench_load
 import bench_memory
 import bench_pacs
 import bench_parser
@@ -70,6 +73,7 @@ BENCHMARKS = {
     "transcode": bench_transcode.run,  # decompressing for an uncompressed-only peer vs dcmsend
     "small": bench_small.run,  # 100-file send end to end, first C-STORE, one-file associations received
     "cluster": bench_cluster.run,  # send --cluster local:N vs -j N, scaling, the peer as the limit
+    "load": bench_load.run,  # batchstore load vs send; generator overhead; sweep vs storescp and Orthanc
 }
 
 

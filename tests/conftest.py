@@ -21,7 +21,12 @@ CORPUS_SMALL_COUNT = 60
 CORPUS_SMALL_JUNK = 6
 
 #: marker -> the peer it needs (a key of peers.PEER_FILES)
-PEER_MARKERS = {"needs_dcmtk": "dcmtk", "needs_orthanc": "orthanc", "needs_dask": "dask"}
+PEER_MARKERS = {
+    "needs_dcmtk": "dcmtk",
+    "needs_orthanc": "orthanc",
+    "needs_dask": "dask",
+    "needs_chromium": "chromium",
+}
 #: fixture -> the marker a test using it must carry
 PEER_FIXTURES = {"storescp": "needs_dcmtk", "orthanc": "needs_orthanc"}
 

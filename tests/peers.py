@@ -88,6 +88,8 @@ DCMTK_DCMSEND = str(DCMTK_BIN_DIR / "dcmsend")
 DCMTK_STORESCU_CFG = str(DCMTK_CONFIG_DIR / "storescu.cfg")
 DCMTK_STORESCP_CFG = str(DCMTK_CONFIG_DIR / "storescp.cfg")
 ORTHANC_BIN = os.environ.get("BATCHSTORE_ORTHANC_BIN") or "/usr/sbin/Orthanc"
+CHROMIUM_BIN = "/usr/bin/chromium"  # the HTML report of `batchstore load`, rendered headless
+CHROMEDRIVER_BIN = "/usr/bin/chromedriver"
 
 #: With this set to 1 a test whose peer is missing fails instead of skipping (see `missing_peer`).
 REQUIRE_PEERS_ENV = "BATCHSTORE_REQUIRE_PEERS"
@@ -106,8 +108,9 @@ PEER_FILES: dict[str, tuple[tuple[str, bool], ...]] = {
         (DCMTK_STORESCP_CFG, False),
     ),
     "orthanc": ((ORTHANC_BIN, True),),
+    "chromium": ((CHROMIUM_BIN, True), (CHROMEDRIVER_BIN, True)),
 }
-PEER_NAMES = {"dcmtk": "DCMTK", "orthanc": "Orthanc", "dask": "Dask distributed"}
+PEER_NAMES = {"dcmtk": "DCMTK", "orthanc": "Orthanc", "dask": "Dask distributed", "chromium": "Chromium (chromium, chromium-driver)"}
 #: Peers that are Python modules (``send --cluster``'s engine): peer -> the module it needs.
 PEER_MODULES: dict[str, str] = {"dask": os.environ.get("BATCHSTORE_DASK_MODULE") or "distributed"}
 

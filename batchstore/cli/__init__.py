@@ -1,6 +1,6 @@
 """The ``batchstore`` command line: a click group whose subcommands are thin skins over the Python API.
 
-Subcommands live in their own modules (`send`, `receive`, `scan`, `echo`) and accept DCMTK's option
+Subcommands live in their own modules (`send`, `receive`, `scan`, `echo`, `load`) and accept DCMTK's option
 spellings (``-aet``, ``+sd``, ``-x=`` …) so that an existing storescu/storescp command line works unchanged;
 `dcmtk.normalize_argv` rewrites the few spellings click cannot parse and expands ``@file`` arguments.
 """
@@ -26,6 +26,7 @@ COMMANDS = {
     "echo": "batchstore.cli.echo",
     "journal": "batchstore.cli.journal",
     "commit": "batchstore.cli.commit",
+    "load": "batchstore.cli.load",
 }
 
 
