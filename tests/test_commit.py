@@ -173,3 +173,20 @@ def test_commit_over_tls(tmp_path: Path) -> None:
     code, states = journal_states(journal, tmp_path)
     assert code == EXIT_OK and set(states) == corpus.uids()
     assert {row["commitment"] for row in states.values()} == {"committed"}
+
+
+def test_a_peer_that_refuses_commitment_leaves_the_journal_saying_not_committed(tmp_path: Path) -> None:
+    """The receiver without ``--commitment`` stores the files but refuses the commitment association: the
+    send exits 7, and so does ``batchstore journal``, with every file stored and not requested."""
+    corpus = make_corpus(tmp_path / "in", 4, profile="uniform", size=1024)
+    journal = tmp_path / "j.db"
+    with BatchstoreReceiver(tmp_path / "out", [], fork=True) as scp:
+        proc = run_cli("send", "+sd", "+r", "--journal", str(journal), "--commit", "--commit-timeout", "5",
+                       LOOPBACK, str(scp.port), str(tmp_path / "in"))  # fmt: skip
+    assert proc.returncode == EXIT_NOT_COMMITTED, proc.stderr[-3000:]
+    assert set(received_index(tmp_path / "out")) == corpus.uids()
+    code, states = journal_states(journal, tmp_path)
+    assert code == EXIT_NOT_COMMITTED
+    assert set(states) == corpus.uids() and {row["commitment"] for row in states.values()} == {"not requested"}
+    summary = run_cli("journal", str(journal))
+    assert summary.returncode == EXIT_NOT_COMMITTED and "Stored, not requested: 4" in summary.stdout + summary.stderr

@@ -285,6 +285,7 @@ def commit_journal(journal_path: str, assoc: AssociationOptions, options: Commit
         if not files:
             log.info("storage commitment: nothing to ask for (every stored file is committed or failed)")
             return result
+        jc.record_attempt(journal.db, len(files))
         listener = None
         try:
             if options.port is not None:

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS commit_transactions (
     event_type INTEGER,
     via TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS commit_attempts (
+    started REAL NOT NULL,
+    files INTEGER NOT NULL
+);
 """
 
 _DONE = "category IN ('success', 'warning')"
@@ -58,6 +62,13 @@ def uncommitted(db: Any) -> list[tuple[str, str, str]]:
             "AND commit_state IN ('', 'requested') AND sop_instance_uid != '' ORDER BY path"
         )
     ]
+
+
+def record_attempt(db: Any, files: int) -> None:
+    """Journal that commitment was asked for `files` files, before any association: a peer that refuses
+    the association leaves no transaction, and the journal must still say the files are not committed."""
+    with db:
+        db.execute("INSERT INTO commit_attempts (started, files) VALUES (?, ?)", (time.time(), files))
 
 
 def record_request(
@@ -149,11 +160,13 @@ def still_requested(db: Any, transaction: str) -> list[tuple[str, str, str]]:
 
 
 def commit_counts(db: Any) -> Counter:
-    """Stored files by commitment state (``''``: not requested), and ``transactions``."""
+    """Stored files by commitment state (``''``: not requested), ``transactions`` and ``attempts`` (runs
+    of ``send --commit`` or ``batchstore commit`` that had files to ask for)."""
     counts: Counter = Counter(
         dict(db.execute(f"SELECT commit_state, COUNT(*) FROM files WHERE {_DONE} GROUP BY commit_state"))
     )
     counts["transactions"] = db.execute("SELECT COUNT(*) FROM commit_transactions").fetchone()[0]
+    counts["attempts"] = db.execute("SELECT COUNT(*) FROM commit_attempts").fetchone()[0]
     return counts
 
 

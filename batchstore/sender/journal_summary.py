@@ -55,7 +55,7 @@ class JournalSummary:
         if self.destination:
             lines.insert(0, f"Destination:           {self.destination}")
         c = self.commitment
-        if c["transactions"]:
+        if c["transactions"] or c["attempts"]:
             lines += [
                 f"Committed:             {c[COMMITTED]}",
                 f"Commitment failed:     {c[FAILED]}",
@@ -79,9 +79,10 @@ class JournalSummary:
 
     @property
     def uncommitted(self) -> int:
-        """Stored files the peer has not committed, once commitment was asked for (0 before)."""
+        """Stored files the peer has not committed, once commitment was asked for (0 before), even when
+        the peer refused the association that would have asked."""
         c = self.commitment
-        return c[FAILED] + c[REQUESTED] + c[NOT_REQUESTED] if c["transactions"] else 0
+        return c[FAILED] + c[REQUESTED] + c[NOT_REQUESTED] if c["transactions"] or c["attempts"] else 0
 
     def exit_code(self) -> int:
         """0 all done (and committed, once asked), 5 pending or transient failures, 6 permanent ones,
