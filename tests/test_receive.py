@@ -711,3 +711,32 @@ def test_python_api_serves_in_a_thread(tmp_path: Path) -> None:
     thread.join(10)
     assert codes == [0]
     assert (out / f"CT.{uid}").exists()
+
+
+@pytest.mark.parametrize("spares", ["1", "0"])
+def test_fork_hands_each_association_to_a_child_forked_ahead(tmp_path: Path, spares: str) -> None:
+    """With --fork a child waits before any peer connects and serves the next association (its pid is the
+    one the association logs); another is forked for the one after. ``BATCHSTORE_SPARE_CHILDREN=0``: none
+    waits, and each association still gets a child of its own."""
+    import psutil
+
+    env = {**os.environ, "BATCHSTORE_SPARE_CHILDREN": spares}
+    with Receiver(tmp_path, ["--fork"], env=env) as rx:
+        assert rx.proc is not None
+        server = psutil.Process(rx.proc.pid)
+        ready: list[int] = []
+        if spares == "1":
+            assert wait_for(lambda: len(server.children()) == 1)
+            ready = [child.pid for child in server.children()]
+        for _ in range(2):
+            scu = RawSCU(rx.port)
+            assert scu.echo() == 0
+            scu.release()
+        assert wait_for(lambda: len(rx.child_pids()) == 2)
+        pids = rx.child_pids()
+        assert len(set(pids)) == 2 and rx.proc.pid not in pids
+        if spares == "1":
+            assert pids[0] == ready[0]  # the first association went to the child that was waiting
+            assert wait_for(lambda: [c.pid for c in server.children() if c.pid not in pids] != [])
+        else:
+            assert wait_for(lambda: server.children() == [])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import pickle
 import select
 import selectors
 import signal
@@ -36,11 +37,14 @@ from ..net.sockets import phase_timeout
 from .association import Association, AssociationResult
 from .events import EventRunner
 from .files import remove_temp_files
-from .gate import MAX_INCOMPLETE, Gate
+from .gate import MAX_ASSOCIATE_RQ, MAX_INCOMPLETE, Gate
 from .hosts import HostAccess
 from .negotiation import PREFERRED_TRANSFER_SYNTAXES, Negotiator
 from .options import ReceiveOptions, association_limit, validate
 from .store import Store
+
+#: The largest hand-over message to a spare child: the A-ASSOCIATE-RQ the gate read, and a little more.
+MAX_HANDOVER = MAX_ASSOCIATE_RQ + 4096
 
 log = logging.getLogger("batchstore.server")
 
@@ -123,6 +127,10 @@ class Server:
 
             self.tls_context = server_context(options.tls)
         self.children: dict[int, tuple[str, float]] = {}
+        #: pre-forked children waiting for an association (pid -> the parent's end of their channel)
+        self.spares: dict[int, socket.socket] = {}
+        self._retired_spares: set[int] = set()
+        self._gate: Gate | None = None  # --fork: the pre-association stage, whose sockets a child closes
         self.stopping = False
         self.interrupted = False
         self.port = 0
@@ -349,6 +357,7 @@ class Server:
     def _fork_loop(self, listener: socket.socket) -> int:
         limit = association_limit(self.options)
         selector, gate = self._stage(listener)
+        self._gate = gate
         # what exists now is shared with every child: out of the collector's sight, a child's collection
         # neither walks nor copies it (docs/design.md, "Small runs")
         gc.freeze()
@@ -358,16 +367,94 @@ class Server:
                 while gate.waiting and (not limit or len(self.children) < limit):
                     pending = gate.waiting.popleft()
                     self._spawn(pending.sock, pending.address, pending.request, pending.accepted)
+                if not gate.waiting and len(self.spares) < self._spare_count():
+                    self._fork_spare()  # between associations: the next one finds a child ready
+                    continue
                 self._poll(selector, listener, gate, 1.0)
         finally:
             gate.close()
             selector.close()
         listener.close()
+        self._retire_spares()
         return self._shutdown_children()
+
+    # ---- pre-forked children: the fork, and the child's first touches of the parent's memory, happen
+    # before an association arrives (docs/design.md, "Small runs")
+
+    def _spare_count(self) -> int:
+        """How many idle children to keep ready: ``BATCHSTORE_SPARE_CHILDREN`` (0 to 4, default 1); none
+        with TLS, whose handshake the parent does and cannot hand over."""
+        if self.tls_context is not None:
+            return 0
+        value = os.environ.get("BATCHSTORE_SPARE_CHILDREN", "1").strip()
+        return min(int(value), 4) if value.isdigit() else 1
+
+    def _fork_spare(self) -> None:
+        for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
+            handler.flush()
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.error("cannot fork a spare child: %s", exc)
+            parent_end.close()
+            child_end.close()
+            return
+        if pid == 0:
+            parent_end.close()
+            self._spare(child_end)  # never returns
+        child_end.close()
+        self.spares[pid] = parent_end
+
+    def _spare(self, channel: socket.socket) -> None:
+        """A pre-forked child: prepare as an association child does, touch the parent's objects (so their
+        pages are copied now, not while a peer waits), then serve the one association the parent hands
+        over, or exit when the parent closes the channel."""
+
+        def take() -> tuple[socket.socket, tuple[str, int], bytes | None, float] | None:
+            gc.get_objects()  # walks (and so copies) the parent's tracked objects
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(channel, MAX_HANDOVER, 1)
+            except OSError:
+                return None
+            if not fds:
+                return None  # the parent is done with this spare
+            address, request, accepted = pickle.loads(data)
+            return socket.socket(fileno=fds[0]), address, request, accepted
+
+        self._in_child(take)
+
+    def _hand_over(
+        self, conn: socket.socket, address: tuple[str, int], request: bytes | None, accepted: float
+    ) -> bool:
+        """Give `conn` to a spare child; False when there is none (or it is gone): fork one then."""
+        while self.spares:
+            pid, channel = self.spares.popitem()
+            try:
+                socket.send_fds(channel, [pickle.dumps((address, request, accepted))], [conn.fileno()])
+            except OSError:
+                channel.close()
+                self._retired_spares.add(pid)
+                continue
+            channel.close()
+            conn.close()
+            self.children[pid] = (address[0], time.monotonic())
+            log.debug("child %d (ready) for %s:%d (%d running)", pid, address[0], address[1], len(self.children))
+            return True
+        return False
+
+    def _retire_spares(self) -> None:
+        """Close the spares' channels: each exits at once (reaped with the association children)."""
+        for pid, channel in self.spares.items():
+            channel.close()
+            self._retired_spares.add(pid)
+        self.spares.clear()
 
     def _spawn(
         self, conn: socket.socket, address: tuple[str, int], request: bytes | None = None, accepted: float = 0.0
     ) -> None:
+        if self._hand_over(conn, address, request, accepted):
+            return
         for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
             handler.flush()
         try:
@@ -385,39 +472,68 @@ class Server:
     def _child(
         self, conn: socket.socket, address: tuple[str, int], request: bytes | None, accepted: float
     ) -> None:
+        self._in_child(lambda: (conn, address, request, accepted))
+
+    def _in_child(
+        self, take: Callable[[], tuple[socket.socket, tuple[str, int], bytes | None, float] | None]
+    ) -> None:
+        """A child's whole life: set up, take its association (None: nothing to serve), serve, exit."""
         code = 1
         try:
-            if self._listener is not None:
-                self._listener.close()
-            signal.set_wakeup_fd(-1)
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                signal.signal(sig, signal.SIG_DFL)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self.store.after_fork()
-            self.handle(conn, address, request, accepted)
+            self._child_setup()
+            association = take()
+            if association is not None:
+                self.handle(*association)
             code = 0
         except BaseException:  # noqa: BLE001 - a child must end in os._exit whatever happens
             log.exception("association child %d failed", os.getpid())
         finally:
-            for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
-                try:
-                    handler.flush()
-                except Exception:  # noqa: BLE001
-                    pass
-            os._exit(code)
+            self._child_exit(code)
+
+    def _child_setup(self) -> None:
+        """In a new child: drop the parent's listening socket, signal handling and wake-up pipe."""
+        if self._listener is not None:
+            self._listener.close()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for channel in self.spares.values():  # the parent's ends: a spare must see EOF when the parent closes
+            channel.close()
+        if self._gate is not None:  # the stage's connections are the parent's: its copies would keep them open
+            for pending in [*self._gate.incomplete.values(), *self._gate.waiting]:
+                pending.sock.close()
+        self.store.after_fork()
+
+    @staticmethod
+    def _child_exit(code: int) -> None:
+        for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
+            try:
+                handler.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        os._exit(code)
 
     def _reap(self) -> None:
-        while self.children:
+        while self.children or self.spares or self._retired_spares:
             try:
                 pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 self.children.clear()
+                for channel in self.spares.values():
+                    channel.close()
+                self.spares.clear()
+                self._retired_spares.clear()
                 return
             if pid == 0:
                 return
             info = self.children.pop(pid, None)
             if info is None:
+                self._retired_spares.discard(pid)
+                if pid in self.spares:  # a spare that died before it was needed: another is forked
+                    self.spares.pop(pid).close()
+                    log.debug("spare child %d exited before serving an association", pid)
                 continue
             if os.WIFSIGNALED(status) or (os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0):
                 how = (
@@ -438,6 +554,11 @@ class Server:
                 log.debug("association child %d finished (peak RSS %d KiB)", pid, usage.ru_maxrss)
 
     def _shutdown_children(self) -> int:
+        deadline = time.monotonic() + 2.0
+        while self._retired_spares and time.monotonic() < deadline:  # they exit at once: reap them
+            self._reap()
+            if self._retired_spares:
+                time.sleep(0.01)
         killed = False
         if self.children:
             log.info("waiting for %d running associations", len(self.children))
