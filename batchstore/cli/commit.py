@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..api import commit
-from ..sender.journal import Journal, JournalError
 from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_COMMITTED, EXIT_OK, EXIT_USAGE
 from .common import logging_options, setup_logging, tls_options, tls_settings
 
@@ -86,6 +85,8 @@ def settings(kw: dict[str, Any]) -> CommitOptions:
 def run_commit(journal_path: str, ask: Callable[[], CommitResult], quiet: bool) -> int:
     """Run `ask` (a commitment run on the journal); print its result; return the exit code the journal's
     states mean (0: everything stored and committed, 7: stored, not all committed...)."""
+    from ..sender.journal import Journal, JournalError  # sqlite3 and the journal only when committing
+
     try:
         result = ask()
         with Journal(journal_path, create=False) as journal:

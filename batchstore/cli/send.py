@@ -16,7 +16,6 @@ from ..api import SendOptions, default_workers, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
 from ..net.acse import UserIdentity
-from ..sender.journal import DestinationMismatch, JournalError
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from ..sender.scu import AssociationOptions
@@ -402,6 +401,12 @@ def command(ctx: click.Context, **kw: Any) -> None:
         from ..sender.cluster import ClusterUnavailable
 
         cluster_errors = (ClusterUnavailable,)
+    usage_errors: tuple[type[Exception], ...] = ()  # the journal's, with --journal only
+    journal_errors: tuple[type[Exception], ...] = ()
+    if kw["journal_path"]:
+        from ..sender.journal import DestinationMismatch, JournalError
+
+        usage_errors, journal_errors = (DestinationMismatch,), (JournalError,)
     try:
         report = send(
             files,
@@ -414,13 +419,10 @@ def command(ctx: click.Context, **kw: Any) -> None:
         )
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
-    except cluster_errors as exc:
+    except cluster_errors + usage_errors as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    except DestinationMismatch as exc:
-        click.echo(f"batchstore: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except JournalError as exc:
+    except journal_errors as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_ERROR)
     finally:
