@@ -6,10 +6,8 @@ definition, the same spellings and checks); the options of the load test itself 
 
 from __future__ import annotations
 
-import logging
 import re
 import signal
-import socket
 import sys
 import threading
 from typing import Any
@@ -23,7 +21,7 @@ from ..sender.plan import PlanOptions
 from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from ..sender.scu import AssociationOptions
 from . import send as send_cli
-from .common import setup_logging, tls_settings
+from .common import tls_settings
 
 #: ``send`` options that ``load`` shares (by parameter name); TLS options are shared too.
 SHARED = {
@@ -204,36 +202,18 @@ def command(ctx: click.Context, **kw: Any) -> None:
     PEER PORT DCMFILE-IN...: the peer's host name and port, and the files (or directories with +sd) to send
     over and over again, each with fresh UIDs.
     """
-    setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
-    if kw["verbose_pc"] and not kw["quiet"]:
-        logging.getLogger("batchstore.contexts").setLevel(logging.INFO)  # +v: the proposal's notes (+C)
-    if not kw["dcmfile_in"]:
-        raise click.UsageError("missing parameter DCMFILE-IN: no files or directories to send")
-    if kw["scan_pattern"] and not kw["scan_directories"]:
-        raise click.UsageError("+sp/--scan-pattern only works with +sd/--scan-directories")
-    if kw["config_file"] and kw["proposal"] != "uncompr":
-        raise click.UsageError("-xf/--config-file cannot be combined with a -x proposal option")
-    if kw["password"] is not None and not kw["user"]:
-        raise click.UsageError("-pwd/--password needs -usr/--user")
+    profile = send_cli.storescu_options(kw)
     if kw["keep_uids"] and (
         kw["invent_instance"] or kw["invent_series"] or kw["invent_study"] or kw["invent_patient"]
     ):
         raise click.UsageError("--keep-uids cannot be combined with +II/+IR/+IS/+IP")
-    profile = None
-    if kw["config_file"]:
-        from ..net.asconfig import ConfigError, load_profile
-
-        try:
-            profile = load_profile(*kw["config_file"])
-        except (ConfigError, OSError) as exc:
-            raise click.BadParameter(str(exc), param_hint="-xf/--config-file") from exc
     options = LoadOptions(
         association=AssociationOptions(
             host=str(kw["peer"]),
             port=int(kw["port"]),
             calling_ae=str(kw["aetitle"]),
             called_ae=str(kw["call"]),
-            family={"4": socket.AF_INET, "6": socket.AF_INET6, "0": socket.AF_UNSPEC}[str(kw["family"])],
+            family=send_cli.FAMILIES[str(kw["family"])],
             max_pdu=int(kw["max_pdu"]),
             max_send_pdu=int(kw["max_send_pdu"] or 0),
             connect_timeout=kw["timeout"],

@@ -15,7 +15,7 @@ from .. import __version__
 from ..api import SendOptions, default_workers, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
-from ..net.acse import UserIdentity
+from ..net.acse import PresentationContextProposal, UserIdentity
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from ..sender.scu import AssociationOptions
@@ -303,36 +303,14 @@ def command(ctx: click.Context, **kw: Any) -> None:
 
     PEER PORT DCMFILE-IN...: the peer's host name and port, and the files (or directories with +sd) to send.
     """
-    level = setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
-    require_verbose_for_pc(kw["verbose_pc"], level, kw["log_config"])
-    if kw["verbose_pc"] and not kw["quiet"]:
-        logging.getLogger("batchstore.contexts").setLevel(logging.INFO)  # +v: the proposal's notes (+C)
+    profile = storescu_options(kw)
     files = list(kw["dcmfile_in"])
-    if not files:
-        raise click.UsageError("missing parameter DCMFILE-IN: no files or directories to send")
-    if kw["scan_pattern"] and not kw["scan_directories"]:
-        raise click.UsageError("+sp/--scan-pattern only works with +sd/--scan-directories")
-    if kw["config_file"] and kw["proposal"] != "uncompr":
-        raise click.UsageError("-xf/--config-file cannot be combined with a -x proposal option")
-    if kw["password"] is not None and not kw["user"]:
-        raise click.UsageError("-pwd/--password needs -usr/--user")
-    if kw["empty_password"] and not kw["user"]:
-        raise click.UsageError("-epw/--empty-password needs -usr/--user")
     commit = commit_settings(kw) if kw["commit"] else None
     if commit is not None and not kw["journal_path"]:
         raise click.UsageError("--commit needs --journal: the journal keeps the commitment transactions")
 
     identity = _user_identity(kw)
     tls = tls_settings(kw, server=False)
-    profile = None
-    if kw["config_file"]:
-        from ..net.asconfig import ConfigError, load_profile
-
-        cfg_file, cfg_profile = kw["config_file"]
-        try:
-            profile = load_profile(cfg_file, cfg_profile)
-        except (ConfigError, OSError) as exc:
-            raise click.BadParameter(str(exc), param_hint="-xf/--config-file") from exc
 
     invent = bool(kw["invent_instance"] or kw["invent_series"] or kw["invent_study"] or kw["invent_patient"])
     edits = EditOptions(
@@ -344,7 +322,7 @@ def command(ctx: click.Context, **kw: Any) -> None:
         disable_new_vr=not kw["enable_new_vr"],
         compression_level=int(kw["compression_level"]),
     )
-    family = {"4": socket.AF_INET, "6": socket.AF_INET6, "0": socket.AF_UNSPEC}[str(kw["family"])]
+    family = FAMILIES[str(kw["family"])]
     # with --cluster, -j bounds the associations across the cluster (default: one per Dask worker thread)
     workers = int(kw["workers"] or (0 if kw["cluster"] else default_workers()))
     options = SendOptions(
@@ -468,6 +446,37 @@ def _commit_association(kw: dict, options: SendOptions) -> AssociationOptions:
         user_identity=options.user_identity,
         tls=options.tls,
     )
+
+
+#: -i4 / -i6 / -i0 -> the address family to connect with
+FAMILIES = {"4": socket.AF_INET, "6": socket.AF_INET6, "0": socket.AF_UNSPEC}
+
+
+def storescu_options(kw: dict[str, Any]) -> tuple[PresentationContextProposal, ...] | None:
+    """What every command taking storescu's options (``send``, ``load``) does first: logging, the checks
+    storescu makes of its options (usage errors), and the ``-xf`` profile's contexts (None without)."""
+    level = setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
+    require_verbose_for_pc(kw["verbose_pc"], level, kw["log_config"])
+    if kw["verbose_pc"] and not kw["quiet"]:
+        logging.getLogger("batchstore.contexts").setLevel(logging.INFO)  # +v: the proposal's notes (+C)
+    if not kw["dcmfile_in"]:
+        raise click.UsageError("missing parameter DCMFILE-IN: no files or directories to send")
+    if kw["scan_pattern"] and not kw["scan_directories"]:
+        raise click.UsageError("+sp/--scan-pattern only works with +sd/--scan-directories")
+    if kw["config_file"] and kw["proposal"] != "uncompr":
+        raise click.UsageError("-xf/--config-file cannot be combined with a -x proposal option")
+    if kw["password"] is not None and not kw["user"]:
+        raise click.UsageError("-pwd/--password needs -usr/--user")
+    if kw["empty_password"] and not kw["user"]:
+        raise click.UsageError("-epw/--empty-password needs -usr/--user")
+    if not kw["config_file"]:
+        return None
+    from ..net.asconfig import ConfigError, load_profile
+
+    try:
+        return load_profile(*kw["config_file"])
+    except (ConfigError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="-xf/--config-file") from exc
 
 
 def _terminate(signum: int, frame: object) -> None:
