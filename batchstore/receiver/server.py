@@ -43,6 +43,13 @@ from .negotiation import PREFERRED_TRANSFER_SYNTAXES, Negotiator
 from .options import ReceiveOptions, association_limit, validate
 from .store import Store
 
+
+def _flush_logs() -> None:
+    """Write out what the log handlers buffer (before a fork, and before a child's exit)."""
+    for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
+        handler.flush()
+
+
 #: The largest hand-over message to a spare child: the A-ASSOCIATE-RQ the gate read, and a little more.
 MAX_HANDOVER = MAX_ASSOCIATE_RQ + 4096
 
@@ -390,8 +397,7 @@ class Server:
         return min(int(value), 4) if value.isdigit() else 1
 
     def _fork_spare(self) -> None:
-        for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
-            handler.flush()
+        _flush_logs()  # a child must not write the parent's buffered lines again
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
@@ -455,8 +461,7 @@ class Server:
     ) -> None:
         if self._hand_over(conn, address, request, accepted):
             return
-        for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
-            handler.flush()
+        _flush_logs()  # a child must not write the parent's buffered lines again
         try:
             pid = os.fork()
         except OSError as exc:
@@ -508,11 +513,10 @@ class Server:
 
     @staticmethod
     def _child_exit(code: int) -> None:
-        for handler in logging.getLogger().handlers + logging.getLogger("batchstore").handlers:
-            try:
-                handler.flush()
-            except Exception:  # noqa: BLE001
-                pass
+        try:
+            _flush_logs()
+        except Exception:  # noqa: BLE001 - nothing may stop the exit
+            pass
         os._exit(code)
 
     def _reap(self) -> None:
