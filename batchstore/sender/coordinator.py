@@ -251,6 +251,7 @@ class Coordinator:
         slot.connected = False
         slot.assoc_failures += 1
         others = sum(1 for w, s in self.slots.items() if w != wid and s.connected and not s.finished)
+        spent = not others and slot.assoc_failures > self.config.retries  # no retry follows
         if transient and others:
             self._shrink(f"association refused while {others} other(s) connected ({error})", limit=others)
         elif not transient:
@@ -260,12 +261,12 @@ class Coordinator:
                     wid, nxt[0], st.PERMANENT, f"association failed: {error}", slot.assoc_failures
                 )
             return
-        elif slot.assoc_failures > self.config.retries:
+        elif spent:
             # Nobody is connected and the retries are spent: the peer is unreachable. Fail what is left
             # now (transient: a resume with --journal sends it) rather than retrying batch after batch.
             self._fail_queued(wid, f"association failed: {error}", slot.assoc_failures)
-        if not (transient and not others and slot.assoc_failures > self.config.retries):
-            self.report.retries += 1  # a retry follows (none does once the retries are spent)
+        if not spent:
+            self.report.retries += 1
         slot.parked_until = time.monotonic() + backoff(min(slot.assoc_failures, 8), self.config.retry_wait)
 
     def _give_back(
