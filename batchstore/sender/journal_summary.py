@@ -55,7 +55,7 @@ class JournalSummary:
         if self.destination:
             lines.insert(0, f"Destination:           {self.destination}")
         c = self.commitment
-        if c["transactions"] or c["attempts"]:
+        if self.commitment_asked:
             lines += [
                 f"Committed:             {c[COMMITTED]}",
                 f"Commitment failed:     {c[FAILED]}",
@@ -78,11 +78,16 @@ class JournalSummary:
         return lines
 
     @property
+    def commitment_asked(self) -> bool:
+        """Storage commitment was asked for: a transaction, or a run the peer refused before any."""
+        return bool(self.commitment["transactions"] or self.commitment["attempts"])
+
+    @property
     def uncommitted(self) -> int:
         """Stored files the peer has not committed, once commitment was asked for (0 before), even when
         the peer refused the association that would have asked."""
         c = self.commitment
-        return c[FAILED] + c[REQUESTED] + c[NOT_REQUESTED] if c["transactions"] or c["attempts"] else 0
+        return c[FAILED] + c[REQUESTED] + c[NOT_REQUESTED] if self.commitment_asked else 0
 
     def exit_code(self) -> int:
         """0 all done (and committed, once asked), 5 pending or transient failures, 6 permanent ones,
