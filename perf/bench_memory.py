@@ -103,6 +103,15 @@ def write_big_dicom(path: Path, pixel_bytes: int) -> int:
     return path.stat().st_size
 
 
+def _serving(pid: int) -> bool:
+    """A receive child still holding its association's connection (the idle child the receiver keeps
+    forked ahead holds none, and stays until the receiver stops)."""
+    try:
+        return bool(psutil.Process(pid).net_connections(kind="inet"))
+    except psutil.Error:
+        return False
+
+
 class RssSampler:
     """Samples, every ``INTERVAL`` s in a thread, the RSS of roots and all their descendants (peak per pid)."""
 
@@ -215,8 +224,7 @@ def run(work: Path, quick: bool = False, size_mb: int | None = None) -> dict[str
                 while time.monotonic() < deadline:
                     received = [p for p in out_dir.rglob("*") if p.is_file() and not p.name.startswith(".")]
                     if received and not any(
-                        e["role"] == "receive parent child" and psutil.pid_exists(e["pid"])
-                        for e in sampler.peaks.values()
+                        e["role"] == "receive parent child" and _serving(e["pid"]) for e in sampler.peaks.values()
                     ):
                         break
                     time.sleep(0.05)
