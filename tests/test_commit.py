@@ -190,3 +190,60 @@ def test_a_peer_that_refuses_commitment_leaves_the_journal_saying_not_committed(
     assert set(states) == corpus.uids() and {row["commitment"] for row in states.values()} == {"not requested"}
     summary = run_cli("journal", str(journal))
     assert summary.returncode == EXIT_NOT_COMMITTED and "Stored, not requested: 4" in summary.stdout + summary.stderr
+
+
+def test_reports_on_a_new_association_over_tls(tmp_path: Path) -> None:
+    """With +tls on both sides the report association is TLS too: the receiver reports to the sender's
+    ``--commit-port`` listener as a TLS client, with its own certificate, and the files are committed."""
+    pki = make_pki(tmp_path / "pki")
+    corpus = make_corpus(tmp_path / "in", 6, profile="uniform", size=1024)
+    journal = tmp_path / "j.db"
+    listen = free_port()
+    server = ["+tls", str(pki.server_key), str(pki.server_cert), "+cf", str(pki.ca), "--commitment",
+              "--commit-reply-to", f"{LOOPBACK}:{listen}"]  # fmt: skip
+    with BatchstoreReceiver(tmp_path / "out", server, fork=True, verbose=True) as scp:
+        proc = run_cli("send", "-v", "+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca), "+sd",
+                       "+r", "--journal", str(journal), "--commit", "--commit-timeout", "20", "--commit-port",
+                       str(listen), "--commit-host", LOOPBACK, LOOPBACK, str(scp.port), str(tmp_path / "in"))  # fmt: skip
+        log = scp.log()
+    assert proc.returncode == EXIT_OK, proc.stderr[-3000:]
+    assert "new association from STORESCP" in proc.stderr, proc.stderr[-3000:]
+    assert "N-EVENT-REPORT-RSP from STORESCU" in log, log[-3000:]
+    code, states = journal_states(journal, tmp_path)
+    assert code == EXIT_OK and set(states) == corpus.uids()
+    assert {row["commitment"] for row in states.values()} == {"committed"}
+
+
+def test_the_tls_report_listener_takes_no_plain_or_untrusted_report(tmp_path: Path) -> None:
+    """The listener of a TLS run accepts a report only over TLS from a certificate it trusts: a plain
+    association and one whose certificate another CA signed deliver nothing; a trusted one delivers."""
+    from batchstore.net import commitment as sc
+    from batchstore.net.errors import NetError
+    from batchstore.net.tls import TLSOptions
+    from batchstore.receiver.commitment import report_on_new_association
+    from batchstore.sender.commit_listener import ReportListener
+
+    pki = make_pki(tmp_path / "pki")
+    sender = TLSOptions(key_file=str(pki.client_key), cert_file=str(pki.client_cert), ca_files=(str(pki.ca),))
+    trusted = TLSOptions(key_file=str(pki.server_key), cert_file=str(pki.server_cert), ca_files=(str(pki.ca),))
+    untrusting = TLSOptions(key_file=str(pki.server_key), cert_file=str(pki.server_cert),
+                            ca_files=(str(pki.wrong_ca),))  # fmt: skip
+    ref = sc.Reference("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")
+    report = sc.EventReport("1.2.3.99", 1, committed=[ref])
+    with ReportListener(LOOPBACK, 0, "MIGRATOR", timeout=5, tls=sender) as listener:
+        with pytest.raises((OSError, NetError)):
+            report_on_new_association(LOOPBACK, listener.port, "PACS", "MIGRATOR", report, 5)
+        with pytest.raises(NetError, match="certificate"):
+            report_on_new_association(LOOPBACK, listener.port, "PACS", "MIGRATOR", report, 5, untrusting)
+        assert listener.reports.empty()
+        report_on_new_association(LOOPBACK, listener.port, "PACS", "MIGRATOR", report, 5, trusted)
+        got, calling_ae = listener.reports.get(timeout=5)
+    assert calling_ae == "PACS" and got.transaction_uid == "1.2.3.99"
+    assert [r.sop_instance_uid for r in got.committed] == ["1.2.3.4.5"]
+
+
+def test_commit_port_with_anonymous_tls_is_refused_up_front(tmp_path: Path) -> None:
+    proc = run_cli("send", "+tla", "+sd", "--journal", str(tmp_path / "j.db"), "--commit", "--commit-port",
+                   str(free_port()), LOOPBACK, str(free_port()), str(tmp_path))  # fmt: skip
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "--commit-port" in proc.stderr and "private key and certificate" in proc.stderr, proc.stderr

@@ -15,6 +15,7 @@ from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NOT_COMMITTED, EX
 from .common import logging_options, setup_logging, tls_options, tls_settings
 
 if TYPE_CHECKING:
+    from ..net.tls import TLSOptions
     from ..sender.commitment import CommitOptions, CommitResult
 
 
@@ -66,10 +67,17 @@ def commit_options(fn: Callable) -> Callable:
     return fn
 
 
-def settings(kw: dict[str, Any]) -> CommitOptions:
+def settings(kw: dict[str, Any], tls: TLSOptions | None = None) -> CommitOptions:
+    """The commitment options of `kw`; `tls`: the run's TLS settings, which the report listener uses too."""
     aet = kw["commit_aet"]
     if aet is not None and not 1 <= len(aet) <= 16:
         raise click.BadParameter("must be 1 to 16 characters", param_hint="--commit-aet")
+    if kw["commit_port"] is not None and tls is not None and not (tls.key_file and tls.cert_file):
+        raise click.BadParameter(
+            "with TLS the report listener is a TLS server: it needs +tls with a private key and certificate "
+            "(+tla has none)",
+            param_hint="--commit-port",
+        )
     from ..sender.commitment import CommitOptions  # only with --commit or batchstore commit
 
     return CommitOptions(
@@ -128,7 +136,7 @@ def command(journal_path: str, **kw: Any) -> None:
     setup_logging(kw["quiet"], kw["verbose"], kw["debug"], kw["log_level"], kw["log_config"], kw["arguments"])
     try:
         tls = tls_settings(kw, server=False)
-        options = settings(kw)
+        options = settings(kw, tls)
     except (ValueError, click.BadParameter) as exc:
         click.echo(f"batchstore: {exc}", err=True)
         sys.exit(EXIT_USAGE)

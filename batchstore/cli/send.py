@@ -305,12 +305,12 @@ def command(ctx: click.Context, **kw: Any) -> None:
     """
     profile = storescu_options(kw)
     files = list(kw["dcmfile_in"])
-    commit = commit_settings(kw) if kw["commit"] else None
+    tls = tls_settings(kw, server=False)
+    commit = commit_settings(kw, tls) if kw["commit"] else None
     if commit is not None and not kw["journal_path"]:
         raise click.UsageError("--commit needs --journal: the journal keeps the commitment transactions")
 
     identity = _user_identity(kw)
-    tls = tls_settings(kw, server=False)
 
     invent = bool(kw["invent_instance"] or kw["invent_series"] or kw["invent_study"] or kw["invent_patient"])
     edits = EditOptions(

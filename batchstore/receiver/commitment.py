@@ -27,6 +27,7 @@ from .files import TEMP_PREFIX, fsync_directory, fsync_path
 from .naming import sanitize_name
 
 if TYPE_CHECKING:
+    from ..net.tls import TLSOptions
     from .options import ReceiveOptions
 
 log = logging.getLogger("batchstore.scp")
@@ -204,7 +205,7 @@ class CommitmentSCP:
         called = self.settings.reply_aet or self._calling_ae
         try:
             report_on_new_association(
-                host, port, self.options.ae_title, called, report, self.options.socket_timeout
+                host, port, self.options.ae_title, called, report, self.options.socket_timeout, self.options.tls
             )
         except (OSError, NetError) as exc:
             log.error("storage commitment report to %s at %s:%d not delivered: %s", called, host, port, exc)
@@ -217,17 +218,35 @@ def _event_command(message_id: int, report: sc.EventReport) -> bytes:
 
 
 def report_on_new_association(
-    host: str, port: int, calling_ae: str, called_ae: str, report: sc.EventReport, timeout: float | None
+    host: str,
+    port: int,
+    calling_ae: str,
+    called_ae: str,
+    report: sc.EventReport,
+    timeout: float | None,
+    tls: TLSOptions | None = None,
 ) -> None:
     """Open an association to `host`:`port` as SCP of Storage Commitment, send `report`, await its
     N-EVENT-REPORT-RSP and release.
 
+    With `tls` (the receiver's ``+tls``) the association is a TLS client's: the receiver's certificate
+    and key, its trusted certificates; the requestor's certificate is always verified, as a TLS client
+    verifies every server.
+
     Raises
     ------
     OSError, NetError
-        When the peer cannot be reached, rejects the association or the context, or does not answer.
+        When the peer cannot be reached, rejects the association or the context, or does not answer
+        (`net.tls.TLSHandshakeError` when the TLS handshake fails).
     """
-    stream = PDUStream(connect(host, port, timeout or 30.0))
+    sock = connect(host, port, timeout or 30.0)
+    if tls is None:
+        stream = PDUStream(sock)
+    else:
+        from ..net import tls as tlsmod  # ssl only with TLS
+
+        sock.settimeout(timeout or 30.0)
+        stream = tlsmod.TLSPDUStream(tlsmod.wrap_client(sock, tlsmod.client_context(tls), tls))
     stream.settimeout(timeout or 30.0)
     stream.max_pdu = REPLY_MAX_PDU  # the A-ASSOCIATE-AC, then PDUs of at most what we advertised
     try:

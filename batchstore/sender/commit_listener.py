@@ -6,6 +6,11 @@ N-EVENT-REPORT-RSP and hands the report to the thread that journals it (`ReportL
 One thread accepts; each association runs in a thread of its own, bounded as the receiver bounds its
 peers: an A-ASSOCIATE-RQ of at most 128 KiB within the ACSE timeout, PDUs up to what this side advertised,
 messages up to `net.commitment.MAX_DATA_SET`.
+
+With TLS (the send's ``+tls``) the listener is a TLS server with the sender's key and certificate, its
+trusted certificates and its verification mode: a report reaches the journal only over the same
+protection as the files and the request. The handshake runs in the association's thread, within the
+ACSE timeout, before any PDU is read.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import queue
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from ..dicom.uids import VERIFICATION_SOP_CLASS
 from ..net import acse, dimse
@@ -29,6 +35,9 @@ from ..net.pdu import (
     P_DATA_TF,
     PDUStream,
 )
+
+if TYPE_CHECKING:
+    from ..net.tls import TLSOptions
 
 log = logging.getLogger("batchstore.commit")
 
@@ -50,11 +59,23 @@ class ReportListener:
         (`net.commitment.EventReport`, calling AE title) for each report received and answered.
     port : int
         The bound port (useful with port 0).
+
+    Raises
+    ------
+    TLSSetupError
+        With `tls` that has no key and certificate (``+tla``): a TLS server needs them.
     """
 
-    def __init__(self, host: str, port: int, ae_title: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, host: str, port: int, ae_title: str, timeout: float = 30.0, tls: TLSOptions | None = None
+    ) -> None:
         self.ae_title = ae_title
         self.timeout = timeout
+        self._tls_context: Any = None
+        if tls is not None:
+            from ..net.tls import server_context  # ssl only with TLS
+
+            self._tls_context = server_context(tls)
         self.reports: queue.Queue[tuple[sc.EventReport, str]] = queue.Queue()
         self._sock = socket.create_server((host, port), reuse_port=False)
         self.port = int(self._sock.getsockname()[1])
@@ -98,19 +119,42 @@ class ReportListener:
             threading.Thread(target=self._serve, args=(conn, address), daemon=True).start()
 
     def _serve(self, conn: socket.socket, address: tuple) -> None:
-        stream = PDUStream(conn)
+        stream: PDUStream | None = None
         try:
-            self._association(stream, address)
+            stream = self._stream(conn, address)
+            if stream is not None:
+                self._association(stream, address)
         except PeerAborted:
             log.warning("commitment report association from %s aborted by the peer", address[0])
         except ProtocolError as exc:
             log.error("commitment report association from %s: %s: aborting", address[0], exc)
-            stream.abort(2, getattr(exc, "abort_reason", 0))
+            if stream is not None:
+                stream.abort(2, getattr(exc, "abort_reason", 0))
         except (OSError, NetError) as exc:
             log.error("commitment report association from %s: %s", address[0], exc)
         finally:
-            stream.close()
+            if stream is not None:
+                stream.close()
+            else:
+                conn.close()
             self._slots.release()
+
+    def _stream(self, conn: socket.socket, address: tuple) -> PDUStream | None:
+        """The stream over `conn`: plain, or after the TLS handshake (None when the handshake fails: the
+        peer never reaches the DICOM layer)."""
+        if self._tls_context is None:
+            return PDUStream(conn)
+        import ssl
+
+        from ..net.tls import TLSPDUStream, describe_handshake_error
+
+        conn.settimeout(self.timeout)
+        try:
+            tls_conn = self._tls_context.wrap_socket(conn, server_side=True)
+        except ssl.SSLError as exc:
+            log.error("commitment report connection from %s: %s", address[0], describe_handshake_error(exc))
+            return None
+        return TLSPDUStream(tls_conn)
 
     def _association(self, stream: PDUStream, address: tuple) -> None:
         stream.settimeout(self.timeout)

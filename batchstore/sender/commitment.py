@@ -294,6 +294,7 @@ def commit_journal(journal_path: str, assoc: AssociationOptions, options: Commit
                     options.port,
                     options.ae_title or assoc.calling_ae,
                     assoc.acse_timeout or 30.0,
+                    tls=assoc.tls,
                 ).start()
             for start in range(0, len(files), options.batch_size):
                 batch = files[start : start + options.batch_size]
