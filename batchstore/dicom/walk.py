@@ -13,7 +13,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 __all__ = [
@@ -244,13 +244,15 @@ def walk_dataset(
 _EXPLICIT_LE_HEADER: Final = struct.Struct("<HH2sH")
 
 
-def skip_plain_explicit_le(buf: Buffer, pos: int) -> int:
+def skip_plain_explicit_le_py(buf: Buffer, pos: int) -> int:
     """Skip the leading run of ordinary, defined-length explicit VR little endian elements in `buf`.
 
-    Returns the position of the first element it does not handle (undefined length, an unknown VR, a
-    value running past the end, or the end itself); `walk_dataset` takes over from there and produces
-    the exact reason when something is wrong. This loop is the common case of every small file and is
-    about 3x faster than the general walker (perf/: verification was a third of a 1 KB file's CPU).
+    Returns the position (`pos` >= 0) of the first element it does not handle (undefined length, an
+    unknown VR, a value running past the end, or the end itself); `walk_dataset` takes over from there
+    and produces the exact reason when something is wrong. This loop is the common case of every small
+    file and is about 3x faster than the general walker (perf/: verification was a third of a 1 KB
+    file's CPU). `skip_plain_explicit_le` is its compiled twin where that is built, this function
+    otherwise (docs/design.md, "A compiled walker").
     """
     unpack = _EXPLICIT_LE_HEADER.unpack_from
     u32 = _U32[True].unpack_from
@@ -271,6 +273,26 @@ def skip_plain_explicit_le(buf: Buffer, pos: int) -> int:
             return pos
         pos = nxt
     return pos
+
+
+def _compiled_skip() -> Callable[[Buffer, int], int] | None:
+    """The compiled `skip_plain_explicit_le_py`, given this module's VR sets; None where it is not built
+    (or ``BATCHSTORE_PURE_PYTHON=1``, which the tests and benchmarks use to run the Python one)."""
+    if os.environ.get("BATCHSTORE_PURE_PYTHON") == "1":
+        return None
+    try:
+        from . import _walkfast  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _walkfast.set_vrs(_ALL_VRS, _LONG_VRS)
+    skip: Callable[[Buffer, int], int] = _walkfast.skip_plain_explicit_le
+    return skip
+
+
+_COMPILED_SKIP = _compiled_skip()
+#: True when `skip_plain_explicit_le` is the compiled one.
+COMPILED: Final = _COMPILED_SKIP is not None
+skip_plain_explicit_le: Callable[[Buffer, int], int] = _COMPILED_SKIP or skip_plain_explicit_le_py
 
 
 # --- the receiver's reading of a few top-level values ------------------------------------------------
