@@ -123,10 +123,20 @@ def wait_until(condition, timeout: float = 20.0) -> None:  # type: ignore[no-unt
         time.sleep(0.005)
 
 
+def settle(scp: ScriptedSCP, quiet: float = 0.3) -> None:
+    """Wait until `scp` has received nothing for `quiet` seconds."""
+    last, since = scp.count, time.monotonic()
+    while time.monotonic() - since < quiet:
+        time.sleep(0.02)
+        if scp.count != last:
+            last, since = scp.count, time.monotonic()
+
+
 def test_sigkill_of_the_process_group_then_resume(corpus: tuple[Path, set[str]], tmp_path: Path) -> None:
     path, uids = corpus
     journal = str(tmp_path / "j.db")
     args = ("-j", "2", "--batch-size", "10", "--journal", journal, "+sd", "+r")
+    in_flight = 0  # files that had arrived but were not journaled at a kill: the resume sends them again
     with ScriptedSCP(paced(0.004)) as scp:
         for fraction in (0.2, 0.6):
             proc = start_send(*args, "127.0.0.1", str(scp.port), str(path))
@@ -134,10 +144,12 @@ def test_sigkill_of_the_process_group_then_resume(corpus: tuple[Path, set[str]],
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             assert proc.returncode == -signal.SIGKILL
+            settle(scp)  # a C-STORE already in the socket still arrives after the kill
             assert len(set(scp.stored)) < len(uids), "the kill came too late to test anything"
             with Journal(journal) as j:  # consistent after SIGKILL: never more done than arrived
                 done = {p for p, c in j.categories().items() if c in ("success", "warning")}
                 assert len(done) <= len(set(scp.stored))
+            in_flight += len(set(scp.stored)) - len(done)
         resumed = run_send(*args, "127.0.0.1", str(scp.port), str(path))
         assert resumed.returncode == EXIT_OK, resumed.stderr[-2000:]
         assert "Already done:" in resumed.stderr
@@ -147,8 +159,9 @@ def test_sigkill_of_the_process_group_then_resume(corpus: tuple[Path, set[str]],
         assert final.returncode == EXIT_OK, final.stderr[-2000:]
         assert "Nothing to send" in final.stderr
         assert scp.count == count  # not a single C-STORE
-        # duplicates are the price of "acknowledge, then journal": bounded by what was in flight
-        assert count - len(uids) < 0.5 * len(uids)
+        # duplicates are the price of "acknowledge, then journal": exactly what had arrived unjournaled
+        # at the kills (how many that is depends on the machine's load, not on batchstore)
+        assert count - len(uids) <= in_flight
 
 
 def test_sigterm_exits_130_and_resume_completes(corpus: tuple[Path, set[str]], tmp_path: Path) -> None:
