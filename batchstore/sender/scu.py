@@ -329,6 +329,9 @@ class StoreSCU:
             size = os.fstat(fh.fileno()).st_size - data_offset
             fh.seek(data_offset)
             if size <= STREAM_CHUNK:
+                send_file = getattr(self.stream, "send_file_pdata", None)
+                if send_file is not None:  # TLS: the file is read into place between the PDU headers
+                    return self._store_file_tls(send_file, fh, context_id, sop_class_uid, sop_instance_uid, size)
                 got = 0
                 while got < size:
                     n = fh.readinto(view[got:size])
@@ -354,6 +357,22 @@ class StoreSCU:
                 self.stream.send_parts(
                     pdata_fragment_parts(context_id, view[:n], False, self.send_pdu, last=remaining <= 0)
                 )
+        cmd = self._read_response(message_id)
+        if self._debug:
+            self._log_store_rsp(cmd)
+        return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
+
+    def _store_file_tls(
+        self, send_file: Any, fh: Any, context_id: int, sop_class_uid: str, sop_instance_uid: str, size: int
+    ) -> StoreResponse:
+        """`store_file` over TLS for a data set up to `STREAM_CHUNK` bytes, `fh` at its start:
+        `TLSPDUStream.send_file_pdata` reads it into place between the PDU headers, one write in all."""
+        message_id = self._next_message_id()
+        command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
+        if self._debug:
+            self._log_store_rq(message_id, context_id, sop_class_uid, sop_instance_uid, size)
+        head = b"".join(pdata_parts(context_id, command, True, self.send_pdu))
+        send_file(head, fh, size, context_id, self.send_pdu)
         cmd = self._read_response(message_id)
         if self._debug:
             self._log_store_rsp(cmd)
