@@ -104,3 +104,15 @@ def test_a_file_that_ends_early_is_an_error_naming_it(tmp_path: Path) -> None:
     finally:
         client.close()
         server.close()
+
+
+def test_a_client_context_is_built_once_per_process_and_options(pki: PKI) -> None:
+    """The command builds the context to check the settings; the workers it forks use that one."""
+    from batchstore.net import tls
+
+    options = tls.TLSOptions(key_file=str(pki.client_key), cert_file=str(pki.client_cert), ca_files=(str(pki.ca),))
+    first = tls.client_context(options)
+    assert tls.client_context(tls.TLSOptions(**vars(options))) is first
+    other = tls.client_context(tls.TLSOptions(**{**vars(options), "profile": "bcp195-nd"}))
+    assert other is not first
+    assert {c["name"] for c in other.get_ciphers()} != {c["name"] for c in first.get_ciphers()}

@@ -312,15 +312,24 @@ def _context(options: TLSOptions, server: bool) -> ssl.SSLContext:
     return ctx
 
 
+#: Client contexts of this process by their options. The command builds one to check the settings before
+#: any worker exists; the workers it forks inherit it instead of reading keys and certificates again, and a
+#: worker uses it for all its associations.
+_CLIENT_CONTEXTS: dict[TLSOptions, ssl.SSLContext] = {}
+
+
 def client_context(options: TLSOptions) -> ssl.SSLContext:
-    """The context of a sender (TLS client) with `options`.
+    """The context of a sender (TLS client) with `options`, built on first use in this process.
 
     Raises
     ------
     TLSSetupError
         If a file cannot be used; the message names the file and the reason.
     """
-    return _context(options, server=False)
+    ctx = _CLIENT_CONTEXTS.get(options)
+    if ctx is None:
+        ctx = _CLIENT_CONTEXTS[options] = _context(options, server=False)
+    return ctx
 
 
 def server_context(options: TLSOptions) -> ssl.SSLContext:

@@ -379,18 +379,12 @@ class StoreSCU:
         return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
 
 
-#: One TLS context per set of options in a process (a worker opens many associations with the same one).
-_TLS_CONTEXTS: dict[TLSOptions, Any] = {}
-
-
 def client_tls_context(options: TLSOptions) -> Any:
-    """This process's `ssl.SSLContext` for `options`, built on first use (both engines share it)."""
-    ctx = _TLS_CONTEXTS.get(options)
-    if ctx is None:
-        from ..net import tls  # ssl only when TLS is asked for
+    """This process's `ssl.SSLContext` for `options` (`tls.client_context`: built once, inherited by forked
+    workers); both engines use it."""
+    from ..net import tls  # ssl only when TLS is asked for
 
-        ctx = _TLS_CONTEXTS[options] = tls.client_context(options)
-    return ctx
+    return tls.client_context(options)
 
 
 def _tls_stream(sock: socket.socket, opts: AssociationOptions) -> PDUStream:
