@@ -58,8 +58,11 @@ def _connected_pair() -> tuple[socket.socket, socket.socket]:
     return client, server
 
 
-@pytest.mark.parametrize("size", [0, 1, 4090, 3 * 4090, 3 * 4090 + 1, 10_000])
-def test_send_file_pdata_lays_out_pdus_as_a_receiver_expects(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize(
+    ("size", "max_pdu"),
+    [(0, 4096), (1, 4096), (4090, 4096), (3 * 4090, 4096), (3 * 4090 + 1, 4096), (10_000, 4096), (1030 * 10, 16)],
+)  # the last: more fragments than one readv takes (1024)
+def test_send_file_pdata_lays_out_pdus_as_a_receiver_expects(tmp_path: Path, size: int, max_pdu: int) -> None:
     path = tmp_path / "data"
     prefix = b"P" * 17  # the data set starts after the file's own header
     data = bytes((i * 7 + 3) % 251 for i in range(size))
@@ -72,21 +75,21 @@ def test_send_file_pdata_lays_out_pdus_as_a_receiver_expects(tmp_path: Path, siz
         with open(path, "rb", buffering=0) as fh:
             fh.seek(len(prefix))
             head = b"".join(pdata_parts(5, command, True, 4096))
-            stream.send_file_pdata(head, fh, size, 5, 4096)
-        assert stream.bytes_sent == len(head) + size + 12 * max(1, -(-size // 4090))
+            stream.send_file_pdata(head, fh, size, 5, max_pdu)
+        assert stream.bytes_sent == len(head) + size + 12 * max(1, -(-size // (max_pdu - 6)))
         pdu_type, body = reader.read_pdu()
         assert pdu_type == P_DATA_TF
         assert [(c, f, bytes(v)) for c, f, v in iter_pdvs(body)] == [(5, 3, command)]
         received = b""
         while True:
             pdu_type, body = reader.read_pdu()
-            assert pdu_type == P_DATA_TF and len(body) <= 4096
+            assert pdu_type == P_DATA_TF and len(body) <= max_pdu
             ((context, control, fragment),) = iter_pdvs(body)
             assert context == 5 and control & 1 == 0
             received += bytes(fragment)
             if control & 2:
                 break
-            assert len(fragment) == 4090  # every fragment but the last fills its PDU
+            assert len(fragment) == max_pdu - 6  # every fragment but the last fills its PDU
         assert received == data
         assert not reader.pending()
     finally:
