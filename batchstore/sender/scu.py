@@ -329,8 +329,10 @@ class StoreSCU:
             size = os.fstat(fh.fileno()).st_size - data_offset
             fh.seek(data_offset)
             if size <= STREAM_CHUNK:
-                send_file = getattr(self.stream, "send_file_pdata", None)
-                if send_file is not None:  # TLS: the file is read into place between the PDU headers
+                # TLS, a data set of several PDUs: read into place between the PDU headers (one PDU's
+                # worth is cheaper to join)
+                send_file = getattr(self.stream, "send_file_pdata", None) if size + 6 > self.send_pdu else None
+                if send_file is not None:
                     return self._store_file_tls(send_file, fh, context_id, sop_class_uid, sop_instance_uid, size)
                 got = 0
                 while got < size:
@@ -365,8 +367,8 @@ class StoreSCU:
     def _store_file_tls(
         self, send_file: Any, fh: Any, context_id: int, sop_class_uid: str, sop_instance_uid: str, size: int
     ) -> StoreResponse:
-        """`store_file` over TLS for a data set up to `STREAM_CHUNK` bytes, `fh` at its start:
-        `TLSPDUStream.send_file_pdata` reads it into place between the PDU headers, one write in all."""
+        """`store_file` over TLS for a data set of several PDUs up to `STREAM_CHUNK` bytes, `fh` at its
+        start: `TLSPDUStream.send_file_pdata` reads it into place between the PDU headers, one write in all."""
         message_id = self._next_message_id()
         command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
         if self._debug:
