@@ -12,6 +12,7 @@ says so (docs/design.md, "TLS").
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import ssl
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import NetError
-from .pdu import PDUStream
+from .pdu import P_DATA_TF, PDV_HEADER, PDUStream
 
 
 class TLSSetupError(ValueError):
@@ -311,15 +312,24 @@ def _context(options: TLSOptions, server: bool) -> ssl.SSLContext:
     return ctx
 
 
+#: Client contexts of this process by their options. The command builds one to check the settings before
+#: any worker exists; the workers it forks inherit it instead of reading keys and certificates again, and a
+#: worker uses it for all its associations.
+_CLIENT_CONTEXTS: dict[TLSOptions, ssl.SSLContext] = {}
+
+
 def client_context(options: TLSOptions) -> ssl.SSLContext:
-    """The context of a sender (TLS client) with `options`.
+    """The context of a sender (TLS client) with `options`, built on first use in this process.
 
     Raises
     ------
     TLSSetupError
         If a file cannot be used; the message names the file and the reason.
     """
-    return _context(options, server=False)
+    ctx = _CLIENT_CONTEXTS.get(options)
+    if ctx is None:
+        ctx = _CLIENT_CONTEXTS[options] = _context(options, server=False)
+    return ctx
 
 
 def server_context(options: TLSOptions) -> ssl.SSLContext:
@@ -464,7 +474,15 @@ def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, options: TLSOptions) -
 class TLSPDUStream(PDUStream):
     """`PDUStream` over a TLS connection: an `ssl.SSLSocket` has no ``sendmsg`` and decrypts into its own
     buffer, so writes are joined and "input pending" asks OpenSSL first. Timeouts are Python's (a kernel
-    receive timeout would surface from OpenSSL as a want-read error)."""
+    receive timeout would surface from OpenSSL as a want-read error).
+
+    A C-STORE read from a file goes out through `send_file_pdata`: the file is read straight into place
+    between the P-DATA-TF headers of one reused buffer, so the data set is copied once (from the page cache)
+    before OpenSSL encrypts it, where gathering the parts would copy it twice (docs/design.md, "TLS")."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._out = bytearray()
 
     def input_pending(self) -> bool:
         sock = self.sock
@@ -479,3 +497,60 @@ class TLSPDUStream(PDUStream):
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.sock.sendall(data)
         self.bytes_sent += len(data)
+
+    def send_file_pdata(self, head: bytes, fh: io.FileIO, size: int, context_id: int, max_pdu: int) -> None:
+        """Send `head` (whole PDUs: the command) and then `size` bytes read from the file `fh` at its
+        current offset as P-DATA-TF PDUs of at most `max_pdu` bytes, the last fragment flagged last: one
+        write.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be read or ends early ("shrank"), or the connection fails.
+        """
+        chunk = max(max_pdu - 6, 1)
+        count = max(1, -(-size // chunk))
+        total = len(head) + size + 12 * count
+        if len(self._out) < total:
+            self._out = bytearray(total)
+        out = self._out
+        view = memoryview(out)
+        try:
+            out[: len(head)] = head
+            pos = len(head)
+            slots: list[memoryview] = []
+            remaining = size
+            while True:
+                n = min(chunk, remaining)
+                remaining -= n
+                PDV_HEADER.pack_into(out, pos, P_DATA_TF, n + 6, n + 2, context_id, 0 if remaining else 2)
+                pos += 12
+                if n:
+                    slots.append(view[pos : pos + n])
+                pos += n
+                if not remaining:
+                    break
+            _read_into(fh, slots)
+            self.sock.sendall(view[:pos])
+            self.bytes_sent += pos
+        finally:
+            view.release()
+
+
+def _read_into(fh: io.FileIO, slots: list[memoryview]) -> None:
+    """Fill `slots` from `fh`: one scatter read (``readv``) per 1024 of them, and slot by slot after a
+    short one (a signal, or the end of the file: an error naming it)."""
+    fd = fh.fileno()
+    for first in range(0, len(slots), 1024):
+        batch = slots[first : first + 1024]
+        got = os.readv(fd, batch)
+        for slot in batch:
+            if got >= len(slot):
+                got -= len(slot)
+                continue
+            rest, got = slot[got:], 0
+            while rest:
+                n = fh.readinto(rest)
+                if not n:
+                    raise OSError(f"{fh.name}: file shrank while being sent")
+                rest = rest[n:]

@@ -329,6 +329,11 @@ class StoreSCU:
             size = os.fstat(fh.fileno()).st_size - data_offset
             fh.seek(data_offset)
             if size <= STREAM_CHUNK:
+                # TLS, a data set of several PDUs: read into place between the PDU headers (one PDU's
+                # worth is cheaper to join)
+                send_file = getattr(self.stream, "send_file_pdata", None) if size + 6 > self.send_pdu else None
+                if send_file is not None:
+                    return self._store_file_tls(send_file, fh, context_id, sop_class_uid, sop_instance_uid, size)
                 got = 0
                 while got < size:
                     n = fh.readinto(view[got:size])
@@ -359,19 +364,29 @@ class StoreSCU:
             self._log_store_rsp(cmd)
         return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
 
-
-#: One TLS context per set of options in a process (a worker opens many associations with the same one).
-_TLS_CONTEXTS: dict[TLSOptions, Any] = {}
+    def _store_file_tls(
+        self, send_file: Any, fh: Any, context_id: int, sop_class_uid: str, sop_instance_uid: str, size: int
+    ) -> StoreResponse:
+        """`store_file` over TLS for a data set of several PDUs up to `STREAM_CHUNK` bytes, `fh` at its
+        start: `TLSPDUStream.send_file_pdata` reads it into place between the PDU headers, one write in all."""
+        message_id = self._next_message_id()
+        command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
+        if self._debug:
+            self._log_store_rq(message_id, context_id, sop_class_uid, sop_instance_uid, size)
+        head = b"".join(pdata_parts(context_id, command, True, self.send_pdu))
+        send_file(head, fh, size, context_id, self.send_pdu)
+        cmd = self._read_response(message_id)
+        if self._debug:
+            self._log_store_rsp(cmd)
+        return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
 
 
 def client_tls_context(options: TLSOptions) -> Any:
-    """This process's `ssl.SSLContext` for `options`, built on first use (both engines share it)."""
-    ctx = _TLS_CONTEXTS.get(options)
-    if ctx is None:
-        from ..net import tls  # ssl only when TLS is asked for
+    """This process's `ssl.SSLContext` for `options` (`tls.client_context`: built once, inherited by forked
+    workers); both engines use it."""
+    from ..net import tls  # ssl only when TLS is asked for
 
-        ctx = _TLS_CONTEXTS[options] = tls.client_context(options)
-    return ctx
+    return tls.client_context(options)
 
 
 def _tls_stream(sock: socket.socket, opts: AssociationOptions) -> PDUStream:
