@@ -4,7 +4,9 @@ It reads the A-ASSOCIATE-RQ, answers it (`Negotiator` decides each presentation 
 C-STORE-RQ hands the data set to `receiver.store.Store` (a data set that comes in one P-DATA fragment, as every
 small one does, in one call; a larger one fragment by fragment, streamed into a temporary file) and answers
 C-STORE-RSP once the file is in place; C-ECHO-RQ is answered at once. No pynetdicom `Association`, no
-threads: one ``recv_into`` per burst of PDUs, one ``sendall`` per response.
+threads: one ``recv_into`` per burst of PDUs, one ``sendall`` per response. A C-STORE whose command and
+whole data set arrived together (every small one from a usual sender) is served where it lies in the
+receive buffer (`Association._one_message`), with the same checks.
 
 A-ABORT from the peer, a lost connection, a timeout, a protocol error or a P-DATA on a context that was
 not accepted all end the association without leaving a partial file (the last case with an A-ABORT).
@@ -48,6 +50,7 @@ from ..net.pdu import (
 )
 from ..net.sockets import phase_timeout, quickack, set_socket_timeout, tune_socket
 from ..net.status import CANNOT_UNDERSTAND
+from . import acceptance
 from .commitment import COMMANDS as COMMITMENT_COMMANDS
 from .commitment import CommitmentSCP
 from .events import EventRunner, Peer
@@ -281,7 +284,7 @@ class Association:
         rejection = (
             (violation.result, violation.source, violation.reason, violation.text)
             if violation is not None
-            else self._rejection(request)
+            else acceptance.rejection(self.options, request)
         )
         if rejection is not None:
             result, source, reason, why = rejection
@@ -299,7 +302,7 @@ class Association:
         self.peer_max_pdu = request.max_pdu
         accept = acse.encode_accept(request, results, options.max_pdu, ae_title=options.ae_title, roles=roles)
         self._send(_HEADER.pack(A_ASSOCIATE_AC, len(accept)) + accept)
-        self._log_contexts(request, results)
+        acceptance.log_contexts(self.options, request, results)
         log.info("Association Acknowledged (max send PDV: %d)", self.peer_max_pdu)
         set_socket_timeout(self.sock, phase_timeout(options.dimse_timeout, options.socket_timeout))
         # from now on: PDUs up to what we advertised; a PDU or message that trickles ends at its deadline
@@ -319,38 +322,6 @@ class Association:
                 return ip
         return ip
 
-    def _rejection(self, request: acse.AssociationRequest) -> tuple[int, int, int, str] | None:
-        options = self.options
-        if options.refuse:
-            return (
-                acse.RESULT_REJECTED_PERMANENT,
-                acse.SOURCE_SERVICE_USER,
-                acse.REASON_NO_REASON,
-                "--refuse",
-            )
-        if request.application_context != acse.APPLICATION_CONTEXT:
-            return (
-                acse.RESULT_REJECTED_PERMANENT,
-                acse.SOURCE_SERVICE_USER,
-                acse.REASON_APP_CONTEXT_NOT_SUPPORTED,
-                f"application context {request.application_context}",
-            )
-        if options.reject_without_implementation_uid and not request.implementation_class_uid:
-            return (
-                acse.RESULT_REJECTED_PERMANENT,
-                acse.SOURCE_SERVICE_USER,
-                acse.REASON_NO_REASON,
-                "no implementation class UID",
-            )
-        if options.accept_aets and request.calling_ae not in options.accept_aets:
-            return (
-                acse.RESULT_REJECTED_PERMANENT,
-                acse.SOURCE_SERVICE_USER,
-                acse.REASON_CALLING_AE_NOT_RECOGNIZED,
-                f"calling AE title {request.calling_ae!r} not in --accept-aet",
-            )
-        return None
-
     def _linger(self) -> None:
         """After A-ASSOCIATE-RJ: let the peer close first (up to a second), as the upper layer expects."""
         try:
@@ -360,27 +331,6 @@ class Association:
                 self.sock.recv(64)
         except OSError:
             pass
-
-    def _log_contexts(self, request: acse.AssociationRequest, results: dict[int, tuple[int, str]]) -> None:
-        level = logging.INFO if self.options.verbose_pc else logging.DEBUG
-        if not log.isEnabledFor(level):
-            return
-        names = {
-            acse.PC_ACCEPTANCE: "Accepted",
-            acse.PC_USER_REJECTION: "User Rejection",
-            acse.PC_NO_REASON: "Rejected (no reason)",
-            acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED: "Abstract Syntax Not Supported",
-            acse.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED: "Transfer Syntaxes Not Supported",
-        }
-        lines = [f"Presentation Contexts ({len(request.contexts)}):"]
-        for cid, abstract, syntaxes in request.contexts:
-            result, ts = results[cid]
-            lines.append(f"  Context ID: {cid} ({names.get(result, result)})")
-            lines.append(f"    Abstract Syntax: {abstract}")
-            lines.append(f"    Proposed Transfer Syntaxes: {', '.join(syntaxes)}")
-            if result == acse.PC_ACCEPTANCE:
-                lines.append(f"    Accepted Transfer Syntax: {ts}")
-        log.log(level, "\n".join(lines))
 
     # ---- DIMSE
 
@@ -421,7 +371,7 @@ class Association:
         same bytes PDU by PDU and checks and answers them as always.
 
         Per file this saves copying both PDUs out of the buffer, the `Command` and its element dictionary,
-        and seven method calls (docs/design.md, "Receiving one small file").
+        and the per-fragment bookkeeping (docs/design.md, "Receiving one small file").
         """
         reader = self.reader
         buf, start, end = reader.receive_some()
