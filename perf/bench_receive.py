@@ -4,7 +4,10 @@ Two concurrent DCMTK ``storescu`` processes (``TCP_NODELAY=1``) each send 5,000 
 corpus, distinct UIDs) to the receiver on loopback; the receiver writes to a fresh directory on the same
 file system. For each receiver the table shows wall seconds from the first sender's start to the last
 sender's end, files/s, and the receiver's CPU seconds (its process and the association children it
-reaped); the ratio is batchstore files/s divided by storescp files/s.
+reaped); the ratio is batchstore files/s divided by storescp files/s. CPU/file is the receiver's CPU less
+its start-up, per file: the median over the runs, with its user-mode part beside it (the rest is the
+kernel: the network stack, the file system, switching to and from the senders). It is the figure of the
+"receiver CPU per 1 KB file" row (target: at most 0.5x storescp's).
 
 ``--nagle`` leaves Nagle's algorithm on in the DCMTK processes (as Debian deploys them) instead.
 Writes ``perf/results/receive.json``. Run: ``python perf/bench_receive.py [--quick] [--files N]``;
@@ -18,6 +21,7 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -35,6 +39,10 @@ SENDERS = 2
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def _children_user() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
 
 
 def _count_files(directory: Path) -> int:
@@ -69,6 +77,7 @@ def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expe
     env = dcmtk_env(nodelay) if kind == "storescp" else dict(os.environ, PYTHONPATH=str(ROOT))
     command = _receiver_command(kind, out, port, port_file)
     cpu_before = _children_cpu()
+    user_before = _children_user()
     receiver = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -87,6 +96,7 @@ def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expe
         # its start-up (interpreter, imports, listening socket): subtracted for the per-file figure
         times = psutil.Process(receiver.pid).cpu_times()
         startup_cpu = times.user + times.system
+        startup_user = times.user
         errors: list[str] = []
 
         def send(corpus: Path) -> None:
@@ -103,6 +113,7 @@ def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expe
 
         threads = [threading.Thread(target=send, args=(corpus,)) for corpus in corpora]
         sender_cpu_before = _children_cpu()
+        sender_user_before = _children_user()
         start = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -110,6 +121,7 @@ def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expe
             thread.join()
         seconds = time.perf_counter() - start
         senders_cpu = _children_cpu() - sender_cpu_before
+        senders_user = _children_user() - sender_user_before
         if errors:
             raise RuntimeError(f"storescu failed against {kind}: {errors[0]}")
         time.sleep(0.3)  # let the last children exit and be reaped
@@ -121,6 +133,7 @@ def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expe
             receiver.kill()
             receiver.wait()
     receiver_cpu = _children_cpu() - cpu_before - senders_cpu
+    receiver_user = _children_user() - user_before - senders_user - startup_user
     stored = _count_files(out)
     shutil.rmtree(out, ignore_errors=True)
     if stored != expected:
@@ -133,16 +146,22 @@ def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expe
         "receiver_cpu_seconds": round(receiver_cpu, 2),
         "receiver_startup_cpu_seconds": round(startup_cpu, 3),
         "receiver_cpu_per_file_us": round((receiver_cpu - startup_cpu) / expected * 1e6, 1),
+        "receiver_user_per_file_us": round(receiver_user / expected * 1e6, 1),
         "senders_cpu_seconds": round(senders_cpu, 2),
         "stored": stored,
     }
 
 
 def _median(rows: list[dict]) -> dict:
-    """The run with the median time, plus every run's seconds."""
+    """The run with the median time, plus every run's seconds; the CPU per file (and its user part) are
+    the medians over all runs, each taken on its own: on a shared machine they vary from run to run
+    independently of the wall time."""
     ordered = sorted(rows, key=lambda row: row["seconds"])
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["all_seconds"] = [row["seconds"] for row in rows]
+    for key in ("receiver_cpu_per_file_us", "receiver_user_per_file_us"):
+        chosen[f"all_{key}"] = [row[key] for row in rows]
+        chosen[key] = statistics.median(chosen[f"all_{key}"])
     return chosen
 
 
@@ -171,16 +190,18 @@ def run(
     cpu_ratio = ours["receiver_cpu_per_file_us"] / dcmtk["receiver_cpu_per_file_us"]
     lines = [
         f"receive: {SENDERS} concurrent storescu (TCP_NODELAY={'0' if nagle else '1'}) x {files} files of ~{size} bytes",
-        f"{'receiver':<34} {'seconds':>8} {'files/s':>9} {'recv CPU s':>11} {'start-up':>9} {'CPU/file':>9}",
+        f"{'receiver':<34} {'seconds':>8} {'files/s':>9} {'recv CPU s':>11} {'start-up':>9} {'CPU/file':>9}"
+        f" {'user':>7}",
     ]
     for row in results:
         label = "storescp --fork" if row["receiver"] == "storescp" else "batchstore receive --fork"
         lines.append(
             f"{label:<34} {row['seconds']:>8.2f} {row['files_per_second']:>9.0f} {row['receiver_cpu_seconds']:>11.2f}"
             f" {row['receiver_startup_cpu_seconds']:>9.2f} {row['receiver_cpu_per_file_us']:>7.0f}us"
+            f" {row['receiver_user_per_file_us']:>5.0f}us"
         )
     if repeat > 1:
-        lines.append(f"(median of {repeat} alternating runs each)")
+        lines.append(f"(median of {repeat} alternating runs each; CPU/file: median over the runs, user: its user-mode part)")
     lines.append(f"ratio (batchstore / storescp files/s): {ratio:.2f}")
     text = "\n".join(lines)
     print(text, flush=True)

@@ -219,6 +219,41 @@ def test_command_decoder_mutated(edits: list[tuple[int, int]], cut: int | None) 
     assert answer.message_id_responded == command.message_id
 
 
+def _agrees_with_decode_command(data: bytes) -> None:
+    """`dimse.store_request` (the receiver's one-message path) says what `decode_command` says of a plain
+    C-STORE-RQ, or None; it never takes what the general decoder refuses or flags."""
+    padded = b"\xff" * 5 + data + b"\xfe" * 3  # read in place, inside a larger buffer
+    found = dimse.store_request(memoryview(padded), 5, 5 + len(data))
+    try:
+        command = dimse.decode_command(data)
+    except ValueError:
+        assert found is None
+        return
+    if found is not None:
+        assert command.command_field == dimse.C_STORE_RQ and command.data_set_present and not command.problem
+        assert found == (command.message_id, command.sop_class_uid, command.sop_instance_uid)
+
+
+@FAST
+@given(EDITS, CUTS, st.sampled_from([None, "MOVER"]))
+def test_store_request_agrees_with_decode_command(
+    edits: list[tuple[int, int]], cut: int | None, mover: str | None
+) -> None:
+    data = dimse.c_store_rq(9, CT, "1.2.840.99.7", move_originator_aet=mover)
+    _agrees_with_decode_command(data)
+    _agrees_with_decode_command(mutate(data, edits, cut))
+    _agrees_with_decode_command(mutate(BASE_COMMAND, edits, cut))
+
+
+def test_store_request_reads_plain_requests() -> None:
+    plain = dimse.c_store_rq(65535, CT, "1.2.3")  # the layout matched at once
+    moved = dimse.c_store_rq(1, CT, "1.2.3.4", move_originator_id=5)  # read element by element
+    echo = dimse.c_echo_rq(3)
+    assert dimse.store_request(plain, 0, len(plain)) == (65535, CT, "1.2.3")
+    assert dimse.store_request(moved, 0, len(moved)) == (1, CT, "1.2.3.4")
+    assert dimse.store_request(echo, 0, len(echo)) is None
+
+
 @FAST
 @given(st.binary(min_size=1, max_size=300))
 def test_any_uid_bytes_get_an_encodable_answer(uid: bytes) -> None:

@@ -371,6 +371,53 @@ def test_unencodable_uids_get_a_failure_status_and_the_association_goes_on(tmp_p
     assert temp_files(rx.out) == []
 
 
+def _whole_message(scu: RawSCU, command: bytes, data: bytes, data_context: int = 1, pdu: int = 0) -> None:
+    """A command and its data set in one ``sendmsg``: they arrive in one receive, the one-message path."""
+    scu.stream.send_parts(
+        net.pdata_parts(1, command, True, scu.max_send) + net.pdata_parts(data_context, data, False, pdu)
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_message_path_checks_what_it_reads(tmp_path: Path, mode: list[str]) -> None:
+    """A C-STORE-RQ and its data set received together are stored where they lie in the receive buffer;
+    whatever that path does not take (another layout, a UID no response can carry, a data set on another
+    context, a PDU longer than advertised) is judged by the general path as before."""
+    uids = [f"{UID_ROOT}.7{i}" for i in range(4)]
+    with Receiver(tmp_path, mode) as rx:
+        scu = RawSCU(rx.port)
+        _whole_message(scu, dimse.c_store_rq(1, CT, uids[0]), encode(ct_dataset(uids[0])))
+        assert scu.read_response().status == 0
+        _whole_message(scu, dimse.c_store_rq(2, CT, uids[1]), encode(ct_dataset(uids[1] + ".9")))
+        response = scu.read_response()
+        assert (response.status, response.message_id_responded) == (0xA900, 2)
+        moved = dimse.c_store_rq(3, CT, uids[2], move_originator_aet="MOVER", move_originator_id=7)
+        _whole_message(scu, moved, encode(ct_dataset(uids[2])))  # another layout: element by element
+        assert scu.read_response().status == 0
+        bad = dimse.c_store_rq(4, CT, "1.2." + "3" * 70)
+        _whole_message(scu, bad, encode(ct_dataset(uids[3])))
+        assert scu.read_response().status == 0xC000
+        scu.release()
+        # a data set on another (accepted) context than its command: aborted, nothing kept
+        scu = RawSCU(rx.port)
+        _whole_message(scu, dimse.c_store_rq(1, CT, uids[3]), encode(ct_dataset(uids[3])), data_context=3)
+        with pytest.raises((errors.PeerAborted, ConnectionError)):
+            scu.read_response()
+        scu.close()
+        # a data set PDU longer than the 16 KiB advertised: aborted, nothing kept
+        scu = RawSCU(rx.port)
+        big = encode(ct_dataset(uids[3], rows=128))
+        assert len(big) > 16384
+        _whole_message(scu, dimse.c_store_rq(1, CT, uids[3]), big, pdu=len(big) + 6)
+        with pytest.raises((errors.PeerAborted, ConnectionError)):
+            scu.read_response()
+        scu.close()
+        assert wait_for(lambda: rx.log().count("aborting association") >= 2)
+    stored = sorted(p.name for p in only_outputs(tmp_path, rx.out))
+    assert stored == sorted(f"CT.{uid}" for uid in uids[:3:2])
+    assert temp_files(rx.out) == []
+
+
 @pytest.mark.parametrize("option", [["-sp"], ["-su", "ST"]], ids=["sp", "su"])
 def test_overlong_derived_names_are_shortened_deterministically(tmp_path: Path, option: list[str]) -> None:
     """A 10,000-character patient name (-sp) or Study Instance UID (-su) names a directory: it is cut to

@@ -410,6 +410,100 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
     return cmd
 
 
+def store_request(data: bytes | bytearray | memoryview, start: int, end: int) -> tuple[int, str, str] | None:
+    """The message ID, Affected SOP Class UID and Affected SOP Instance UID of the command set
+    ``data[start:end]`` when it is a plain C-STORE-RQ with a data set: every element well formed, the
+    command field, message ID and data set type each 2 bytes, both UIDs present and ones a response can
+    carry. None for anything else, which `decode_command` then decodes and names.
+
+    The receiver's per-file case, without a `Command` and its element dictionary; element values are read
+    where they lie. The layout every storage SCU sends (group length, SOP class, command field, message
+    ID, priority, data set type, SOP instance; PS3.7 9.3.1.1) is matched with two unpacks, each element's
+    tag and length compared as one integer; any other layout is read element by element.
+    """
+    if end - start >= 70:
+        group_length, _value, class_header = _STORE_RQ_HEAD.unpack_from(data, start)
+        class_end = start + 20 + (class_header >> 32)
+        if (
+            group_length == _GROUP_LENGTH_HEADER
+            and class_header & 0xFFFFFFFF == _CLASS_TAG
+            and class_end + 48 <= end
+        ):
+            field_h, field, id_h, message_id, priority_h, _priority, type_h, data_set_type, instance_h = (
+                _STORE_RQ_TAIL.unpack_from(data, class_end)
+            )
+            if (
+                field_h == _FIELD_HEADER
+                and id_h == _ID_HEADER
+                and priority_h == _PRIORITY_HEADER
+                and type_h == _TYPE_HEADER
+                and instance_h & 0xFFFFFFFF == _INSTANCE_TAG
+                and class_end + 48 + (instance_h >> 32) == end
+            ):
+                if field != C_STORE_RQ or data_set_type == NO_DATA_SET:
+                    return None
+                return _store_uids(message_id, bytes(data[start + 20 : class_end]), bytes(data[class_end + 48 : end]))
+    unpack = _ELEM.unpack_from
+    pos = start
+    field = message_id = data_set_type = -1
+    sop_class = sop_instance = b""
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, elem, length = unpack(data, pos)
+        pos += 8
+        stop = pos + length
+        if group or stop > end:
+            return None
+        if elem == AFFECTED_SOP_INSTANCE_UID:
+            sop_instance = bytes(data[pos:stop])
+        elif elem == AFFECTED_SOP_CLASS_UID:
+            sop_class = bytes(data[pos:stop])
+        elif elem == COMMAND_FIELD or elem == MESSAGE_ID or elem == COMMAND_DATA_SET_TYPE:
+            if length != 2:
+                return None
+            value = data[pos] | data[pos + 1] << 8
+            if elem == COMMAND_FIELD:
+                field = value
+            elif elem == MESSAGE_ID:
+                message_id = value
+            else:
+                data_set_type = value
+        pos = stop
+    if field != C_STORE_RQ or message_id < 0 or data_set_type < 0 or data_set_type == NO_DATA_SET:
+        return None
+    return _store_uids(message_id, sop_class, sop_instance)
+
+
+def _store_uids(message_id: int, sop_class: bytes, sop_instance: bytes) -> tuple[int, str, str] | None:
+    sop_class = sop_class.rstrip(b"\0 ")
+    sop_instance = sop_instance.rstrip(b"\0 ")
+    if not (sop_class and sop_instance and sop_class.isascii() and sop_instance.isascii()):
+        return None
+    if len(sop_class) > MAX_UID_LENGTH or len(sop_instance) > MAX_UID_LENGTH:
+        return None
+    return message_id, sop_class.decode(), sop_instance.decode()
+
+
+# `store_request`'s layout: an element's tag and length as one little-endian 64-bit integer (group and
+# element in the low 32 bits, the value length in the high ones)
+_STORE_RQ_HEAD = struct.Struct("<QLQ")  # group length element, its value, the SOP class UID's header
+_STORE_RQ_TAIL = struct.Struct("<QHQHQHQHQ")  # four 2-byte elements, the SOP instance UID's header
+
+
+def _header(element: int, length: int) -> int:
+    return element << 16 | length << 32
+
+
+_GROUP_LENGTH_HEADER = _header(0, 4)
+_CLASS_TAG = _header(AFFECTED_SOP_CLASS_UID, 0)
+_FIELD_HEADER = _header(COMMAND_FIELD, 2)
+_ID_HEADER = _header(MESSAGE_ID, 2)
+_PRIORITY_HEADER = _header(PRIORITY, 2)
+_TYPE_HEADER = _header(COMMAND_DATA_SET_TYPE, 2)
+_INSTANCE_TAG = _header(AFFECTED_SOP_INSTANCE_UID, 0)
+
+
 _US_FIELDS = (
     (COMMAND_FIELD, "command_field"),
     (MESSAGE_ID, "message_id"),

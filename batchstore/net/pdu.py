@@ -115,6 +115,23 @@ class PDUReader:
         """True when bytes of a next PDU are already buffered."""
         return self._end > self._start
 
+    def receive_some(self) -> tuple[memoryview, int, int]:
+        """The receive buffer and the range of it not yet read, ``(buffer, start, end)``, receiving once
+        first when that range is empty: for a caller that parses small PDUs where they lie (the Storage
+        SCP's one-message path). Nothing is consumed; `skip` does that. The buffer is reused by the next
+        receive, so nothing may be kept from it."""
+        if self._end == self._start:
+            self._start = 0
+            self._end = self._recv(self._view)
+        return self._view, self._start, self._end
+
+    def skip(self, stop: int) -> None:
+        """Mark the buffered bytes before offset `stop` (an ``end`` of `receive_some` or less) as read."""
+        if stop >= self._end:
+            self._start = self._end = 0
+        else:
+            self._start = stop
+
     def _recv(self, view: memoryview) -> int:
         try:
             n = self.sock.recv_into(view)

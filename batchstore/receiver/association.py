@@ -4,7 +4,9 @@ It reads the A-ASSOCIATE-RQ, answers it (`Negotiator` decides each presentation 
 C-STORE-RQ hands the data set to `receiver.store.Store` (a data set that comes in one P-DATA fragment, as every
 small one does, in one call; a larger one fragment by fragment, streamed into a temporary file) and answers
 C-STORE-RSP once the file is in place; C-ECHO-RQ is answered at once. No pynetdicom `Association`, no
-threads: one ``recv_into`` per burst of PDUs, one ``sendall`` per response.
+threads: one ``recv_into`` per burst of PDUs, one ``sendall`` per response. A C-STORE whose command and
+whole data set arrived together (every small one from a usual sender) is served where it lies in the
+receive buffer (`Association._one_message`), with the same checks.
 
 A-ABORT from the peer, a lost connection, a timeout, a protocol error or a P-DATA on a context that was
 not accepted all end the association without leaving a partial file (the last case with an A-ABORT).
@@ -48,13 +50,14 @@ from ..net.pdu import (
 )
 from ..net.sockets import phase_timeout, quickack, set_socket_timeout, tune_socket
 from ..net.status import CANNOT_UNDERSTAND
+from . import acceptance
 from .commitment import COMMANDS as COMMITMENT_COMMANDS
 from .commitment import CommitmentSCP
 from .events import EventRunner, Peer
 from .files import Discard, Incoming, Refused
 from .gate import MAX_ASSOCIATE_RQ
 from .negotiation import Negotiator, commitment_results
-from .store import Store
+from .store import Store, StoredFile
 
 if TYPE_CHECKING:
     from .options import ReceiveOptions
@@ -163,6 +166,8 @@ class Association:
         self._pid = os.getpid()
         self._message_limit = phase_timeout(options.dimse_timeout, options.socket_timeout) or 0.0
         self._seconds_per_byte = 1.0 / MIN_DATA_RATE
+        # the fault-injection options act between a C-STORE's fragments: they take the general path
+        self._one_message_path = not (options.sleep_during or options.abort_during or options.abort_after)
         self.commitment = CommitmentSCP(options, self._send_message) if options.commitment else None
 
     # ---- entry point
@@ -279,7 +284,7 @@ class Association:
         rejection = (
             (violation.result, violation.source, violation.reason, violation.text)
             if violation is not None
-            else self._rejection(request)
+            else acceptance.rejection(self.options, request)
         )
         if rejection is not None:
             result, source, reason, why = rejection
@@ -297,7 +302,7 @@ class Association:
         self.peer_max_pdu = request.max_pdu
         accept = acse.encode_accept(request, results, options.max_pdu, ae_title=options.ae_title, roles=roles)
         self._send(_HEADER.pack(A_ASSOCIATE_AC, len(accept)) + accept)
-        self._log_contexts(request, results)
+        acceptance.log_contexts(self.options, request, results)
         log.info("Association Acknowledged (max send PDV: %d)", self.peer_max_pdu)
         set_socket_timeout(self.sock, phase_timeout(options.dimse_timeout, options.socket_timeout))
         # from now on: PDUs up to what we advertised; a PDU or message that trickles ends at its deadline
@@ -317,38 +322,6 @@ class Association:
                 return ip
         return ip
 
-    def _rejection(self, request: acse.AssociationRequest) -> tuple[int, int, int, str] | None:
-        options = self.options
-        if options.refuse:
-            return (
-                acse.RESULT_REJECTED_PERMANENT,
-                acse.SOURCE_SERVICE_USER,
-                acse.REASON_NO_REASON,
-                "--refuse",
-            )
-        if request.application_context != acse.APPLICATION_CONTEXT:
-            return (
-                acse.RESULT_REJECTED_PERMANENT,
-                acse.SOURCE_SERVICE_USER,
-                acse.REASON_APP_CONTEXT_NOT_SUPPORTED,
-                f"application context {request.application_context}",
-            )
-        if options.reject_without_implementation_uid and not request.implementation_class_uid:
-            return (
-                acse.RESULT_REJECTED_PERMANENT,
-                acse.SOURCE_SERVICE_USER,
-                acse.REASON_NO_REASON,
-                "no implementation class UID",
-            )
-        if options.accept_aets and request.calling_ae not in options.accept_aets:
-            return (
-                acse.RESULT_REJECTED_PERMANENT,
-                acse.SOURCE_SERVICE_USER,
-                acse.REASON_CALLING_AE_NOT_RECOGNIZED,
-                f"calling AE title {request.calling_ae!r} not in --accept-aet",
-            )
-        return None
-
     def _linger(self) -> None:
         """After A-ASSOCIATE-RJ: let the peer close first (up to a second), as the upper layer expects."""
         try:
@@ -359,37 +332,19 @@ class Association:
         except OSError:
             pass
 
-    def _log_contexts(self, request: acse.AssociationRequest, results: dict[int, tuple[int, str]]) -> None:
-        level = logging.INFO if self.options.verbose_pc else logging.DEBUG
-        if not log.isEnabledFor(level):
-            return
-        names = {
-            acse.PC_ACCEPTANCE: "Accepted",
-            acse.PC_USER_REJECTION: "User Rejection",
-            acse.PC_NO_REASON: "Rejected (no reason)",
-            acse.PC_ABSTRACT_SYNTAX_NOT_SUPPORTED: "Abstract Syntax Not Supported",
-            acse.PC_TRANSFER_SYNTAXES_NOT_SUPPORTED: "Transfer Syntaxes Not Supported",
-        }
-        lines = [f"Presentation Contexts ({len(request.contexts)}):"]
-        for cid, abstract, syntaxes in request.contexts:
-            result, ts = results[cid]
-            lines.append(f"  Context ID: {cid} ({names.get(result, result)})")
-            lines.append(f"    Abstract Syntax: {abstract}")
-            lines.append(f"    Proposed Transfer Syntaxes: {', '.join(syntaxes)}")
-            if result == acse.PC_ACCEPTANCE:
-                lines.append(f"    Accepted Transfer Syntax: {ts}")
-        log.log(level, "\n".join(lines))
-
     # ---- DIMSE
 
     def _dimse_loop(self) -> str:
         read = self.reader.read_pdu
         tos = self.events.options.eostudy_timeout
+        one_message = self._one_message if self._one_message_path else None
         while True:
             if tos and self.store.study is not None and self._idle() and not self.reader.pending():
                 ready, _, _ = select.select([self.sock], [], [], tos)
                 if not ready:
                     self.store.end_study()
+            if one_message is not None and self._store_rq is None and not self._command and one_message():
+                continue
             pdu_type, body = read()
             if pdu_type == P_DATA_TF:
                 self._p_data(body)
@@ -408,6 +363,61 @@ class Association:
 
     def _idle(self) -> bool:
         return self._store_rq is None and not self._command
+
+    def _one_message(self) -> bool:
+        """Serve a whole C-STORE where it lies in the receive buffer, if it is there: a C-STORE-RQ in one
+        P-DATA-TF of one PDV, and its data set in the next, both complete (what a small data set takes).
+        False, having consumed nothing, for anything else: the general path (`_p_data`) then reads the
+        same bytes PDU by PDU and checks and answers them as always.
+
+        Per file this saves copying both PDUs out of the buffer, the `Command` and its element dictionary,
+        and the per-fragment bookkeeping (docs/design.md, "Receiving one small file").
+        """
+        reader = self.reader
+        buf, start, end = reader.receive_some()
+        if end - start < 24:
+            return False
+        pdu_type, length, item, context, control = _PDV.unpack_from(buf, start)
+        command_end = start + 6 + length
+        if (
+            pdu_type != P_DATA_TF
+            or control != 3  # a command, its last fragment
+            or item != length - 4  # one PDV
+            or item > _MAX_COMMAND_ITEM
+            or command_end + 12 > end
+            or length > reader.max_pdu
+            or context not in self.accepted
+        ):
+            return False
+        pdu_type, length, item, data_context, control = _PDV.unpack_from(buf, command_end)
+        stop = command_end + 6 + length
+        if (
+            pdu_type != P_DATA_TF
+            or control != 2  # a data set, its last fragment
+            or item != length - 4
+            or stop > end
+            or length > reader.max_pdu
+            or data_context != context
+        ):
+            return False
+        request = dimse.store_request(buf, start + 12, command_end)
+        if request is None:  # another command, or one the general path has to judge
+            return False
+        message_id, sop_class, sop_instance = request
+        if self._verbose:
+            log.info("Received Store Request (MsgID %d, %s)", message_id, sop_instance)
+        self.data_bytes += item - 2
+        result = self.store.store(
+            sop_class,
+            sop_instance,
+            self.accepted[context],
+            self.peer.calling_ae,
+            buf[command_end + 12 : stop],
+            self.peer,
+        )
+        reader.skip(stop)
+        self._answer_store(context, message_id, sop_class, sop_instance, result)
+        return True
 
     def _p_data(self, body: bytes | bytearray) -> None:
         end = len(body)
@@ -559,6 +569,14 @@ class Association:
             self._incoming = None
         self._store_rq = None
         self.reader.deadline = 0.0
+        self._answer_store(
+            self._store_context, command.message_id, command.sop_class_uid, command.sop_instance_uid, result
+        )
+
+    def _answer_store(
+        self, context: int, message_id: int, sop_class: str, sop_instance: str, result: StoredFile
+    ) -> None:
+        """Count a C-STORE's outcome, send its C-STORE-RSP, then run what follows a stored file."""
         status = result.status
         if status == 0 or status & 0xF000 == 0xB000:
             self.instances += 1
@@ -567,14 +585,7 @@ class Association:
         else:
             self.failures += 1
         self._send_command(
-            self._store_context,
-            dimse.c_store_rsp(
-                command.message_id,
-                command.sop_class_uid,
-                command.sop_instance_uid,
-                status,
-                result.comment or None,
-            ),
+            context, dimse.c_store_rsp(message_id, sop_class, sop_instance, status, result.comment or None)
         )
         if status == 0 or status & 0xF000 == 0xB000:
             if self._exec_on_reception:
@@ -582,8 +593,8 @@ class Association:
                 self.events.on_reception(directory, name, self.peer)
             if self.store.ended is not None:  # storescp: end of the previous study after -xcr
                 self.store.fire_ended()
-        if options.sleep_after:
-            time.sleep(options.sleep_after)
+        if self.options.sleep_after:
+            time.sleep(self.options.sleep_after)
 
     def _send_command(self, context: int, payload: bytes) -> None:
         n = len(payload)
