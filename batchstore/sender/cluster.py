@@ -21,7 +21,9 @@ The coordinator is `coordinator.Coordinator` with another transport (docs/design
 - Messages travel as one pickled blob each way: Dask would otherwise pickle and unpickle a batch's
   hundreds of `Instance` and `Outcome` objects in the scheduler as well.
 - A halt (the first failure without ``-nh``, Ctrl-C) is broadcast to every Dask worker process at once
-  (`Client.run`) and sets a Dask `Event` that running batches also look at every `HALT_CHECK_SECONDS`.
+  (`Client.run`): running batches stop at their next file, queued ones do not start. It also sets a Dask
+  `Event` for the run, which a batch that starts on a Dask worker without its slot (one that joined after
+  the broadcast) looks at once.
 
 Dask is imported only here, and this module only with ``--cluster``.
 """
@@ -50,8 +52,6 @@ from .worker import GC_THRESHOLDS, CoordinatorGone, Worker, WorkerConfig
 
 log = logging.getLogger("batchstore.dispatch")
 
-#: How often a running batch looks at the run's halt event (a round trip to the scheduler).
-HALT_CHECK_SECONDS = 0.25
 #: An association left idle this long on a Dask worker (its coordinator gone) is released.
 IDLE_RELEASE_SECONDS = 30.0
 #: How long to wait for a scheduler, and for a LocalCluster's workers, before giving up.
@@ -149,6 +149,7 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address="127.0.0.1:0",  # a free port: runs side by side never collide
+                    preload=[__name__],  # the tasks' code, imported while the workers start, not by the first task
                     silence_logs=logging.ERROR,
                 )
             client = Client(local, timeout=CONNECT_TIMEOUT)
@@ -200,27 +201,17 @@ def halt_here(run: str) -> None:
 
 class _TaskChannel:
     """A `Worker`'s connection inside one task: what it sends is the task's result; what it polls is
-    the run's halt (broadcast, else the run's halt event)."""
+    whether the run halted (`halt_here`)."""
 
-    def __init__(self, run: str, halt_event: str) -> None:
+    def __init__(self, run: str) -> None:
         self.out: list[ToCoordinator] = []
         self.run = run
-        self.halt_event = halt_event
-        self._next_check = time.monotonic() + HALT_CHECK_SECONDS  # a short batch never asks
 
     def send(self, message: ToCoordinator) -> None:
         self.out.append(message)
 
     def poll(self, timeout: float | None = None) -> bool:
-        if self.run in _HALTED:
-            return True
-        now = time.monotonic()
-        if now < self._next_check:
-            return False
-        self._next_check = now + HALT_CHECK_SECONDS
-        from distributed import Event
-
-        return bool(Event(self.halt_event).is_set())
+        return self.run in _HALTED
 
     def recv(self) -> ToWorker:
         return Halt()
@@ -244,17 +235,19 @@ def _release_idle() -> None:
                     held.lock.release()
 
 
-def _held(run: str, wid: int, config: bytes, create: bool) -> _Held | None:
+def _held(run: str, wid: int, config: bytes, create: bool) -> tuple[_Held | None, bool]:
+    """The slot's `_Held` in this process, and whether it was created now."""
     global _reaper
     with _HELD_LOCK:
         held = _HELD.get((run, wid))
-        if held is None and create:
-            worker = Worker(wid, None, pickle.loads(config))  # type: ignore[arg-type]
-            held = _HELD[(run, wid)] = _Held(worker)
-            if _reaper is None:
-                _reaper = threading.Thread(target=_release_idle, name="batchstore-release", daemon=True)
-                _reaper.start()
-        return held
+        if held is not None or not create:
+            return held, False
+        worker = Worker(wid, None, pickle.loads(config))  # type: ignore[arg-type]
+        held = _HELD[(run, wid)] = _Held(worker)
+        if _reaper is None:
+            _reaper = threading.Thread(target=_release_idle, name="batchstore-release", daemon=True)
+            _reaper.start()
+        return held, True
 
 
 @contextlib.contextmanager
@@ -267,6 +260,16 @@ def _quiet_gc() -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*previous)
+
+
+def _missed_halt(run: str, halt_event: str) -> None:
+    """A batch whose slot is new here (its Dask worker left, and Dask ran the task on this one): a halt
+    broadcast before this process joined the cluster did not reach it; the run's halt event says. (Not
+    for every task: a Dask worker's first `Event` starts a client of its own, which costs every run.)"""
+    from distributed import Event
+
+    if run not in _HALTED and Event(halt_event).is_set():
+        _HALTED.add(run)
 
 
 def run_task(
@@ -282,14 +285,16 @@ def run_task(
 
     address = get_worker().address
     message: ToWorker = pickle.loads(blob)
-    held = _held(run, wid, config, create=not (queued or isinstance(message, Stop)))
+    held, created = _held(run, wid, config, create=not (queued or isinstance(message, Stop)))
+    if created and isinstance(message, RunBatch):
+        _missed_halt(run, halt_event)
     if held is None:  # a Stop for a slot this process never held (its worker died): nothing to release
         return address, None if queued else _pack([Bye(wid)])
     with held.lock, _quiet_gc():
         worker = held.worker
         if queued and (run in _HALTED or worker.halted or worker.scu is None or not worker.scu.is_open):
             return address, None
-        channel = _TaskChannel(run, halt_event)
+        channel = _TaskChannel(run)
         worker.conn = channel  # type: ignore[assignment]
         try:
             if isinstance(message, RunBatch):
@@ -423,9 +428,13 @@ class ClusterCoordinator(Coordinator):
             from distributed import Event
 
             self._halt_set = True
-            with contextlib.suppress(Exception):  # the event below is the fallback
-                self.cluster.client.run(halt_here, self.run_id, wait=False)
+            # to every Dask worker, in a thread: one that does not answer does not hold the coordinator up
+            threading.Thread(target=self._broadcast_halt, name="batchstore-halt", daemon=True).start()
             Event(self.halt_event, client=self.cluster.client).set()
+
+    def _broadcast_halt(self) -> None:
+        with contextlib.suppress(Exception):  # a Dask worker that misses it looks at the event (`_missed_halt`)
+            self.cluster.client.run(halt_here, self.run_id, on_error="ignore")
 
     def run(self) -> None:
         try:
