@@ -481,7 +481,8 @@ class ClusterCoordinator(Coordinator):
             channel: _SlotChannel = slot.conn
             if channel.queued is not None or not (slot.batch is not None or slot.connecting):
                 continue
-            group = slot.group if slot.batch is not None else channel.connect_group
+            # the group its association will hold when the current task ends
+            group = slot.batch.context_group if slot.batch is not None else channel.connect_group
             pending = self.queues.get(group)
             if not pending or id(pending[0][0]) in self._retry_of:
                 continue
@@ -492,9 +493,9 @@ class ClusterCoordinator(Coordinator):
     def _promote(self, wid: int, slot: _Slot) -> None:
         """The slot's current task ended: its queued batch is now its batch."""
         channel: _SlotChannel = slot.conn
-        queued, channel.queued = channel.queued, None
-        if queued is None:
+        if channel.queued is None or slot.batch is not None:
             return
+        queued, channel.queued = channel.queued, None
         slot.batch, slot.start_index = queued.batch, queued.start_index
         slot.done_in_batch = 0
         slot.later = None
