@@ -13,7 +13,7 @@ the plan to the last outcome: the engine, without starting the Dask cluster), th
 (with it) and the CPU seconds of the sender (its own, and its reaped children's: worker processes or the
 LocalCluster's Dask workers). Every run counts the files that arrived.
 
-Run alone: ``python perf/bench_cluster.py [--quick]``; writes ``perf/results/cluster.json``.
+Run alone: ``python perf/bench_cluster.py [--quick] [--only overhead|scaling|peer]``; writes ``perf/results/cluster.json``.
 """
 
 from __future__ import annotations
@@ -169,14 +169,17 @@ def _table(title: str, rows: list[dict[str, Any]]) -> str:
     )
 
 
-def run(work: Path, quick: bool = False, rounds: int = 3) -> dict[str, Any]:
+SECTIONS = ("overhead", "scaling", "peer")
+
+
+def run(work: Path, quick: bool = False, rounds: int = 3, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
     rounds = 1 if quick else rounds
     n1k, n513k, npeer = (500, 100, 500) if quick else (5000, 1000, 2000)
     c1k = make_corpus(work, "1k", n1k, 1024)
     c513k = make_corpus(work, "513k", n513k, CT_513K)
     out = work / "out-cluster"
     summary, tables, details = [], [], {}
-    for name, corpus, count in (("1k", c1k, n1k), ("513k", c513k, n513k)):
+    for name, corpus, count in (("1k", c1k, n1k), ("513k", c513k, n513k)) if "overhead" in sections else ():
         rows = medians(("-j 2", "local:2"), corpus, count, out, rounds)
         ratio = rows[1]["files_per_s"] / rows[0]["files_per_s"]
         details[f"overhead_{name}"] = rows
@@ -187,11 +190,12 @@ def run(work: Path, quick: bool = False, rounds: int = 3) -> dict[str, Any]:
             batchstore_s=rows[1]["send_s"], ratio=round(ratio, 2), target=f">= {TARGET:g}x", met=ratio >= TARGET,
             note="dcmtk_s column: -j 2",
         ))  # fmt: skip
-    rows = medians(SCALING, c1k, n1k, out, rounds)
-    details["scaling"] = rows
-    tables.append(_table(f"scaling: {n1k} x 1 KB (median of {rounds})", rows))
+    if "scaling" in sections:
+        rows = medians(SCALING, c1k, n1k, out, rounds)
+        details["scaling"] = rows
+        tables.append(_table(f"scaling: {n1k} x 1 KB (median of {rounds})", rows))
     cpus = os.sched_getaffinity(0)
-    if shutil.which("taskset") and {0, 1} <= cpus:
+    if "peer" in sections and shutil.which("taskset") and {0, 1} <= cpus:
         cpeer = make_corpus(work, "1k-peer", npeer, 1024)
         rows = medians(PEER_LIMITED, cpeer, npeer, out, rounds, pin=True)
         details["peer_limited"] = rows
@@ -206,6 +210,9 @@ def main() -> int:
     parser.add_argument("--drive", nargs=3, metavar=("SPEC", "PORT", "CORPUS"), help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="a tenth of the files, one round (smoke run)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median)")
+    parser.add_argument(
+        "--only", choices=SECTIONS, action="append", help="run this section only (repeatable; default: all)"
+    )
     parser.add_argument("--work", help="work directory (kept; default: a temporary one)")
     parser.add_argument("--json", default=str(RESULTS / "cluster.json"))
     args = parser.parse_args()
@@ -214,7 +221,7 @@ def main() -> int:
         _drive(spec, int(port), corpus)
         return 0
     with work_dir(args.work) as work:
-        result = run(work, args.quick, args.rounds)
+        result = run(work, args.quick, args.rounds, tuple(args.only or SECTIONS))
     write_json(Path(args.json), {"benchmark": "cluster", "quick": args.quick, **result})
     return 0
 

@@ -237,7 +237,8 @@ def test_coordinator_killed_then_rerun_resumes(
     path, uids = corpus
     journal = str(tmp_path / "j.db")
     args = ("--cluster", dask_cluster.address, "--batch-size", str(BATCH), "-nh", "+sd", "+r", "--journal", journal)
-    with ScriptedSCP(paced(0.004)) as scp:
+    # 10 ms a file: half the files take ~0.6 s, past the journal's first commits (every 0.25 s)
+    with ScriptedSCP(paced(0.01)) as scp:
         proc = start_send(*args, "127.0.0.1", str(scp.port), str(path))
         wait_until(lambda: len(set(scp.stored)) >= 0.5 * FILES)
         os.killpg(proc.pid, signal.SIGKILL)

@@ -13,8 +13,17 @@ The coordinator is `coordinator.Coordinator` with another transport (docs/design
   worker (a loose restriction), which sends the whole batch (C-STORE is idempotent) and returns its
   outcomes once, so the journal records every file once. If Dask gives up on the task, the coordinator
   requeues the batch as it does for a dead worker process.
-- A halt (the first failure without ``-nh``, Ctrl-C) sets a Dask `Event` that running batches look at
-  every `HALT_CHECK_SECONDS`.
+- A slot's next batch is submitted while its current one runs (`ClusterCoordinator._queue_next`), so its
+  Dask worker starts it as soon as the current one ends instead of idling while a result travels to the
+  coordinator and a new task back. A queued batch runs only on the association its slot holds; if there
+  is none (it failed, the task moved to another worker) or the run halted, the task hands the batch back
+  untouched and the coordinator requeues it.
+- Messages travel as one pickled blob each way: Dask would otherwise pickle and unpickle a batch's
+  hundreds of `Instance` and `Outcome` objects in the scheduler as well.
+- A halt (the first failure without ``-nh``, Ctrl-C) is broadcast to every Dask worker process at once
+  (`Client.run`): running batches stop at their next file, queued ones do not start. It also sets a Dask
+  `Event` for the run, which a batch that starts on a Dask worker without its slot (one that joined after
+  the broadcast) looks at once.
 
 Dask is imported only here, and this module only with ``--cluster``.
 """
@@ -24,11 +33,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import pickle
 import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +52,6 @@ from .worker import GC_THRESHOLDS, CoordinatorGone, Worker, WorkerConfig
 
 log = logging.getLogger("batchstore.dispatch")
 
-#: How often a running batch looks at the run's halt event (a round trip to the scheduler).
-HALT_CHECK_SECONDS = 0.25
 #: An association left idle this long on a Dask worker (its coordinator gone) is released.
 IDLE_RELEASE_SECONDS = 30.0
 #: How long to wait for a scheduler, and for a LocalCluster's workers, before giving up.
@@ -58,8 +66,11 @@ SHARED_STORAGE_NOTE = (
 #: times a second, and its event-loop watchdog, system monitor and memory monitor wake every process 50, 2
 #: and 10 times a second: on a send loop, CPU the peer on the same machine does not get (docs/design.md,
 #: "Beyond one machine"). The dashboard's profile page stays empty and its system graphs are coarser.
+#: Work stealing would move a slot's queued batch to another worker, where it finds no association and
+#: comes back untouched: a wasted round trip.
 LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
+    "distributed.scheduler.work-stealing": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
@@ -138,6 +149,7 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address="127.0.0.1:0",  # a free port: runs side by side never collide
+                    preload=[__name__],  # the tasks' code, imported while the workers start, not by the first task
                     silence_logs=logging.ERROR,
                 )
             client = Client(local, timeout=CONNECT_TIMEOUT)
@@ -177,28 +189,29 @@ class _Held:
 _HELD: dict[tuple[str, int], _Held] = {}
 _HELD_LOCK = threading.Lock()
 _reaper: threading.Thread | None = None
+#: the runs whose coordinator broadcast a halt (`halt_here`)
+_HALTED: set[str] = set()
+
+
+def halt_here(run: str) -> None:
+    """Run by `Client.run` on every Dask worker process (in its event loop, while tasks send): `run`
+    halted. Its batches stop at their next file; its queued batches do not start."""
+    _HALTED.add(run)
 
 
 class _TaskChannel:
     """A `Worker`'s connection inside one task: what it sends is the task's result; what it polls is
-    the run's halt event."""
+    whether the run halted (`halt_here`)."""
 
-    def __init__(self, halt_event: str) -> None:
+    def __init__(self, run: str) -> None:
         self.out: list[ToCoordinator] = []
-        self.halt_event = halt_event
-        self._next_check = time.monotonic() + HALT_CHECK_SECONDS  # a short batch never asks
+        self.run = run
 
     def send(self, message: ToCoordinator) -> None:
         self.out.append(message)
 
     def poll(self, timeout: float | None = None) -> bool:
-        now = time.monotonic()
-        if now < self._next_check:
-            return False
-        self._next_check = now + HALT_CHECK_SECONDS
-        from distributed import Event
-
-        return bool(Event(self.halt_event).is_set())
+        return self.run in _HALTED
 
     def recv(self) -> ToWorker:
         return Halt()
@@ -222,16 +235,19 @@ def _release_idle() -> None:
                     held.lock.release()
 
 
-def _held(run: str, wid: int, config: WorkerConfig, create: bool) -> _Held | None:
+def _held(run: str, wid: int, config: bytes, create: bool) -> tuple[_Held | None, bool]:
+    """The slot's `_Held` in this process, and whether it was created now."""
     global _reaper
     with _HELD_LOCK:
         held = _HELD.get((run, wid))
-        if held is None and create:
-            held = _HELD[(run, wid)] = _Held(Worker(wid, None, config))  # type: ignore[arg-type]
-            if _reaper is None:
-                _reaper = threading.Thread(target=_release_idle, name="batchstore-release", daemon=True)
-                _reaper.start()
-        return held
+        if held is not None or not create:
+            return held, False
+        worker = Worker(wid, None, pickle.loads(config))  # type: ignore[arg-type]
+        held = _HELD[(run, wid)] = _Held(worker)
+        if _reaper is None:
+            _reaper = threading.Thread(target=_release_idle, name="batchstore-release", daemon=True)
+            _reaper.start()
+        return held, True
 
 
 @contextlib.contextmanager
@@ -246,20 +262,39 @@ def _quiet_gc() -> Iterator[None]:
         gc.set_threshold(*previous)
 
 
+def _missed_halt(run: str, halt_event: str) -> None:
+    """A batch whose slot is new here (its Dask worker left, and Dask ran the task on this one): a halt
+    broadcast before this process joined the cluster did not reach it; the run's halt event says. (Not
+    for every task: a Dask worker's first `Event` starts a client of its own, which costs every run.)"""
+    from distributed import Event
+
+    if run not in _HALTED and Event(halt_event).is_set():
+        _HALTED.add(run)
+
+
 def run_task(
-    run: str, wid: int, config: WorkerConfig, halt_event: str, message: ToWorker
-) -> tuple[str, list[ToCoordinator]]:
-    """One task on a Dask worker: run `message` as slot `wid`'s worker process would; return this Dask
-    worker's address and what the worker said."""
+    run: str, wid: int, config: bytes, halt_event: str, blob: bytes, queued: bool = False
+) -> tuple[str, bytes | None]:
+    """One task on a Dask worker: run the pickled message `blob` as slot `wid`'s worker process would;
+    return this Dask worker's address and what the worker said (pickled).
+
+    A `queued` batch (submitted while the slot's previous one ran) is sent only over the association the
+    slot holds here, and only if the run has not halted; else nothing is done and the result is None:
+    the coordinator requeues the batch."""
     from distributed import get_worker
 
     address = get_worker().address
-    held = _held(run, wid, config, create=not isinstance(message, Stop))
+    message: ToWorker = pickle.loads(blob)
+    held, created = _held(run, wid, config, create=not (queued or isinstance(message, Stop)))
+    if created and isinstance(message, RunBatch):
+        _missed_halt(run, halt_event)
     if held is None:  # a Stop for a slot this process never held (its worker died): nothing to release
-        return address, [Bye(wid)]
+        return address, None if queued else _pack([Bye(wid)])
     with held.lock, _quiet_gc():
         worker = held.worker
-        channel = _TaskChannel(halt_event)
+        if queued and (run in _HALTED or worker.halted or worker.scu is None or not worker.scu.is_open):
+            return address, None
+        channel = _TaskChannel(run)
         worker.conn = channel  # type: ignore[assignment]
         try:
             if isinstance(message, RunBatch):
@@ -279,7 +314,11 @@ def run_task(
         finally:
             held.last_used = time.monotonic()
     _note_unreadable(channel.out, address)
-    return address, channel.out
+    return address, _pack(channel.out)
+
+
+def _pack(messages: list[ToCoordinator]) -> bytes:
+    return pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _note_unreadable(messages: list[ToCoordinator], address: str) -> None:
@@ -312,6 +351,15 @@ class _TaskHandle:
         return False
 
 
+@dataclass
+class _Queued:
+    """A slot's next batch, submitted while its current one runs."""
+
+    future: Any
+    batch: Batch
+    start_index: int
+
+
 class _SlotChannel:
     """The coordinator's side of a slot: every message becomes a task on the slot's Dask worker."""
 
@@ -319,29 +367,38 @@ class _SlotChannel:
         self.owner = owner
         self.wid = wid
         self.address = address
-        self.future: Any = None
+        self.future: Any = None  # the task whose result the slot waits for
+        self.queued: _Queued | None = None  # the next one, already on the Dask worker
+        self.connect_group = -1  # the context group of the last `Connect`
 
     def send(self, message: ToWorker) -> None:
-        owner = self.owner
         if isinstance(message, Halt):
-            owner.set_halt()
+            self.owner.set_halt()
             return
+        if isinstance(message, Connect):
+            self.connect_group = message.group
+        self.future = self.submit(message)
+
+    def submit(self, message: ToWorker, queued: bool = False) -> Any:
+        owner = self.owner
         if self.address not in owner.cluster.workers():  # its Dask worker left: another one takes it
             self.address = owner.place(exclude=self.wid)
-        self.future = owner.cluster.client.submit(
+        future = owner.cluster.client.submit(
             run_task,
             owner.run_id,
             self.wid,
-            owner.config,
+            owner.config_blob,
             owner.halt_event,
-            message,
+            pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL),
+            queued,
             workers=[self.address],
             allow_other_workers=True,  # if that worker dies, Dask runs the task elsewhere
             pure=False,
             key=f"batchstore-{type(message).__name__.lower()}-{owner.run_id}-{self.wid}-{uuid.uuid4().hex[:8]}",
         )
-        future, wid = self.future, self.wid
+        wid = self.wid
         future.add_done_callback(lambda _f: owner.done.put((wid, future)))
+        return future
 
 
 class ClusterCoordinator(Coordinator):
@@ -360,6 +417,7 @@ class ClusterCoordinator(Coordinator):
     ) -> None:
         super().__init__(batches, workers, config, report, on_outcomes, on_wait)
         self.cluster = cluster
+        self.config_blob = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
         self.run_id = uuid.uuid4().hex
         self.halt_event = f"batchstore-halt-{self.run_id}"
         self.done: queue.Queue[tuple[int, Any]] = queue.Queue()
@@ -370,7 +428,13 @@ class ClusterCoordinator(Coordinator):
             from distributed import Event
 
             self._halt_set = True
+            # to every Dask worker, in a thread: one that does not answer does not hold the coordinator up
+            threading.Thread(target=self._broadcast_halt, name="batchstore-halt", daemon=True).start()
             Event(self.halt_event, client=self.cluster.client).set()
+
+    def _broadcast_halt(self) -> None:
+        with contextlib.suppress(Exception):  # a Dask worker that misses it looks at the event (`_missed_halt`)
+            self.cluster.client.run(halt_here, self.run_id, on_error="ignore")
 
     def run(self) -> None:
         try:
@@ -399,6 +463,65 @@ class ClusterCoordinator(Coordinator):
         # a slot needs no start-up: it is idle at once and associates (Connect) before its first batch
         self.slots[wid] = _Slot(_TaskHandle(), channel, idle=True)
 
+    def _dispatch(self) -> None:
+        super()._dispatch()
+        self._queue_next()
+
+    def _queue_next(self) -> None:
+        """Submit the next batch of every slot that is sending (or associating) and has none queued, so
+        that its Dask worker starts it the moment the current task ends. Only batches of the context group
+        the slot's association holds, none sent back for a last retry (`Later`: they are judged when they
+        are handed out), and none while the peer's association limit keeps slots idle."""
+        if self.halted or self.stop_requested:
+            return
+        live = [s for s in self.slots.values() if not s.finished]
+        if sum(1 for s in live if s.batch is not None or s.connecting) > self.target:
+            return
+        for slot in live:
+            channel: _SlotChannel = slot.conn
+            if channel.queued is not None or not (slot.batch is not None or slot.connecting):
+                continue
+            # the group its association will hold when the current task ends
+            group = slot.batch.context_group if slot.batch is not None else channel.connect_group
+            pending = self.queues.get(group)
+            if not pending or id(pending[0][0]) in self._retry_of:
+                continue
+            batch, start = pending.popleft()
+            future = channel.submit(RunBatch(batch, start), queued=True)
+            channel.queued = _Queued(future, batch, start)
+
+    def _promote(self, wid: int, slot: _Slot) -> None:
+        """The slot's current task ended: its queued batch is now its batch."""
+        channel: _SlotChannel = slot.conn
+        if channel.queued is None or slot.batch is not None:
+            return
+        queued, channel.queued = channel.queued, None
+        slot.batch, slot.start_index = queued.batch, queued.start_index
+        slot.done_in_batch = 0
+        slot.later = None
+        slot.idle = slot.connecting = False
+        channel.future = queued.future
+        if queued.future.done():  # its result came first and was put aside
+            self.done.put((wid, queued.future))
+
+    def _hand_back(self, queued: _Queued | None = None, slot: _Slot | None = None) -> None:
+        """A batch that was not sent goes back to the front of its queue."""
+        if queued is not None:
+            batch, start = queued.batch, queued.start_index
+        else:
+            assert slot is not None and slot.batch is not None
+            batch, start = slot.batch, slot.start_index
+            slot.batch = None
+            slot.idle = True
+        self.queues.setdefault(batch.context_group, deque()).appendleft((batch, start))
+
+    def _worker_died(self, wid: int, slot: _Slot) -> None:
+        queued, slot.conn.queued = slot.conn.queued, None
+        if queued is not None:
+            queued.future.cancel()
+            self._hand_back(queued)
+        super()._worker_died(wid, slot)  # its current batch goes in front of the queued one
+
     def _poll(self) -> None:
         try:
             items = [self.done.get(timeout=0.2)]
@@ -412,9 +535,15 @@ class ClusterCoordinator(Coordinator):
         for wid, future in items:
             slot = self.slots[wid]
             if slot.finished or future is not slot.conn.future:
-                continue
+                continue  # a queued task's result waits for its promotion; a result seen twice, once
+            slot.conn.future = None
             if future.status == "finished":
-                address, messages = future.result()
+                address, blob = future.result()
+                if blob is None:  # a queued batch its task did not send: no association there, or halted
+                    self._hand_back(slot=slot)
+                    self._promote(wid, slot)
+                    continue
+                messages: list[ToCoordinator] = pickle.loads(blob)
                 if address != slot.conn.address:
                     # its Dask worker left mid-task and Dask ran the task here: the slot lives here now
                     log.warning(
@@ -424,6 +553,8 @@ class ClusterCoordinator(Coordinator):
                     slot.conn.address = address
                 for message in messages:
                     self._handle(wid, slot, message)
+                if not slot.finished:
+                    self._promote(wid, slot)
                 continue
             try:
                 error: object = future.exception(timeout=1)
