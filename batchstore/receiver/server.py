@@ -413,12 +413,10 @@ class Server:
         self.spares[pid] = parent_end
 
     def _spare(self, channel: socket.socket) -> None:
-        """A pre-forked child: prepare as an association child does, touch the parent's objects (so their
-        pages are copied now, not while a peer waits), then serve the one association the parent hands
-        over, or exit when the parent closes the channel."""
+        """A pre-forked child: prepare as an association child does, then serve the one association the
+        parent hands over, or exit when the parent closes the channel."""
 
         def take() -> tuple[socket.socket, tuple[str, int], bytes | None, float] | None:
-            gc.get_objects()  # walks (and so copies) the parent's tracked objects
             try:
                 data, fds, _flags, _addr = socket.recv_fds(channel, MAX_HANDOVER, 1)
             except OSError:
