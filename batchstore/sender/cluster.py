@@ -471,13 +471,18 @@ class ClusterCoordinator(Coordinator):
         """Submit the next batch of every slot that is sending (or associating) and has none queued, so
         that its Dask worker starts it the moment the current task ends. Only batches of the context group
         the slot's association holds, none sent back for a last retry (`Later`: they are judged when they
-        are handed out), and none while the peer's association limit keeps slots idle."""
+        are handed out), none while the peer's association limit keeps slots idle, and none once no more
+        batches are queued than there are slots."""
         if self.halted or self.stop_requested:
             return
         live = [s for s in self.slots.values() if not s.finished]
         if sum(1 for s in live if s.batch is not None or s.connecting) > self.target:
             return
         for slot in live:
+            if sum(len(q) for q in self.queues.values()) <= len(live):
+                # the last batches go to whichever slot is free first: queued ahead, one slot could be
+                # left with two while the other has none (up to a batch of idle time at the end of a run)
+                return
             channel: _SlotChannel = slot.conn
             if channel.queued is not None or not (slot.batch is not None or slot.connecting):
                 continue
