@@ -471,6 +471,19 @@ def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, options: TLSOptions) -
         raise TLSHandshakeError(describe_handshake_error(exc)) from None
 
 
+def client_stream(sock: socket.socket, options: TLSOptions, timeout: float | None) -> TLSPDUStream:
+    """The client handshake on a connected socket within `timeout` seconds, with this process's context
+    for `options` (`client_context`), and the PDU stream over the TLS connection.
+
+    Raises
+    ------
+    TLSHandshakeError, OSError
+        As `wrap_client`.
+    """
+    sock.settimeout(timeout)
+    return TLSPDUStream(wrap_client(sock, client_context(options), options))
+
+
 class TLSPDUStream(PDUStream):
     """`PDUStream` over a TLS connection: an `ssl.SSLSocket` has no ``sendmsg`` and decrypts into its own
     buffer, so writes are joined and "input pending" asks OpenSSL first. Timeouts are Python's (a kernel

@@ -243,10 +243,9 @@ def report_on_new_association(
     if tls is None:
         stream = PDUStream(sock)
     else:
-        from ..net import tls as tlsmod  # ssl only with TLS
+        from ..net.tls import client_stream  # ssl only with TLS
 
-        sock.settimeout(timeout or 30.0)
-        stream = tlsmod.TLSPDUStream(tlsmod.wrap_client(sock, tlsmod.client_context(tls), tls))
+        stream = client_stream(sock, tls, timeout or 30.0)
     stream.settimeout(timeout or 30.0)
     stream.max_pdu = REPLY_MAX_PDU  # the A-ASSOCIATE-AC, then PDUs of at most what we advertised
     try:

@@ -381,19 +381,9 @@ class StoreSCU:
         return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
 
 
-def client_tls_context(options: TLSOptions) -> Any:
-    """This process's `ssl.SSLContext` for `options` (`tls.client_context`: built once, inherited by forked
-    workers); both engines use it."""
-    from ..net import tls  # ssl only when TLS is asked for
-
-    return tls.client_context(options)
-
-
 def _tls_stream(sock: socket.socket, opts: AssociationOptions) -> PDUStream:
     """The TLS handshake on a connected socket (bounded by -ta and -ts), and the stream over it."""
     from ..net import tls  # ssl only when TLS is asked for
 
     assert opts.tls is not None
-    ctx = client_tls_context(opts.tls)
-    sock.settimeout(phase_timeout(opts.acse_timeout, opts.socket_timeout))
-    return tls.TLSPDUStream(tls.wrap_client(sock, ctx, opts.tls))
+    return tls.client_stream(sock, opts.tls, phase_timeout(opts.acse_timeout, opts.socket_timeout))

@@ -458,6 +458,6 @@ def _tls_args(opts: AssociationOptions) -> tuple[Any, str | None] | None:
     """pynetdicom's ``tls_args`` for ``+tls``/``+tla``: the same context the lean engine uses."""
     if opts.tls is None:
         return None
-    from .scu import client_tls_context
+    from ..net.tls import client_context  # ssl only when TLS is asked for
 
-    return client_tls_context(opts.tls), opts.tls.request_sni
+    return client_context(opts.tls), opts.tls.request_sni
