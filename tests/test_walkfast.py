@@ -30,10 +30,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def compiled():  # type: ignore[no-untyped-def]
-    from batchstore.dicom import _walkfast  # type: ignore[attr-defined]
-
-    _walkfast.set_vrs(ALL_VRS, LONG_VRS)
-    return _walkfast.skip_plain_explicit_le
+    """The compiled loop, as `walk` set it up at import (its VR sets handed over)."""
+    assert walk.COMPILED, "batchstore/dicom/_walkfast.c is not built: run make setup (pip install -e .)"
+    return walk.skip_plain_explicit_le
 
 
 def test_the_compiled_walker_is_built_and_used() -> None:
