@@ -15,7 +15,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..dicom.uids import sop_class_name, ts_name
 from ..net import acse, dimse
@@ -263,11 +263,8 @@ class StoreSCU:
     ) -> StoreResponse:
         """Send one C-STORE-RQ whose data set is `dataset` (already encoded in the context's syntax)."""
         assert self.stream is not None
-        message_id = self._next_message_id()
-        command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
         size = len(dataset)
-        if self._debug:
-            self._log_store_rq(message_id, context_id, sop_class_uid, sop_instance_uid, size)
+        message_id, command = self._store_rq(context_id, sop_class_uid, sop_instance_uid, size)
         if size + 6 <= self.send_pdu and len(command) + 6 <= self.send_pdu:
             # Command and data set fit one PDU each: both headers and the command in one buffer, the
             # data set as the second, so one sendmsg carries the whole C-STORE.
@@ -281,6 +278,17 @@ class StoreSCU:
             parts = pdata_parts(context_id, command, True, self.send_pdu)
             parts += pdata_parts(context_id, dataset, False, self.send_pdu)
             self.stream.send_parts(parts)
+        return self._store_rsp(message_id)
+
+    def _store_rq(self, context_id: int, sop_class_uid: str, sop_instance_uid: str, size: int) -> tuple[int, bytes]:
+        """The next message ID and the C-STORE-RQ command set for it (logged with ``-d``)."""
+        message_id = self._next_message_id()
+        if self._debug:
+            self._log_store_rq(message_id, context_id, sop_class_uid, sop_instance_uid, size)
+        return message_id, dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
+
+    def _store_rsp(self, message_id: int) -> StoreResponse:
+        """Await the C-STORE-RSP to `message_id` (logged with ``-d``)."""
         cmd = self._read_response(message_id)
         if self._debug:
             self._log_store_rsp(cmd)
@@ -328,57 +336,39 @@ class StoreSCU:
         with open(path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size - data_offset
             fh.seek(data_offset)
+            send_file = None
             if size <= STREAM_CHUNK:
                 # TLS, a data set of several PDUs: read into place between the PDU headers (one PDU's
                 # worth is cheaper to join)
                 send_file = getattr(self.stream, "send_file_pdata", None) if size + 6 > self.send_pdu else None
-                if send_file is not None:
-                    return self._store_file_tls(send_file, fh, context_id, sop_class_uid, sop_instance_uid, size)
-                got = 0
-                while got < size:
-                    n = fh.readinto(view[got:size])
+                if send_file is None:
+                    got = 0
+                    while got < size:
+                        n = fh.readinto(view[got:size])
+                        if not n:
+                            raise OSError(f"{path}: file shrank while being sent")
+                        got += n
+                    return self.store_bytes(context_id, sop_class_uid, sop_instance_uid, view[:size])
+            message_id, command = self._store_rq(context_id, sop_class_uid, sop_instance_uid, size)
+            if send_file is not None:  # `TLSPDUStream.send_file_pdata`: the whole message in one write
+                head = b"".join(pdata_parts(context_id, command, True, self.send_pdu))
+                send_file(head, fh, size, context_id, self.send_pdu)
+            else:
+                self.stream.send_parts(pdata_parts(context_id, command, True, self.send_pdu))
+                # Multiples of the fragment size keep every PDU but the last one full.
+                fragment = max(self.send_pdu - 6, 1)
+                chunk = max(fragment, (STREAM_CHUNK // fragment) * fragment)
+                remaining = size
+                while remaining > 0:
+                    n = fh.readinto(view[:chunk])
                     if not n:
                         raise OSError(f"{path}: file shrank while being sent")
-                    got += n
-                return self.store_bytes(context_id, sop_class_uid, sop_instance_uid, view[:size])
-            message_id = self._next_message_id()
-            command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
-            if self._debug:
-                self._log_store_rq(message_id, context_id, sop_class_uid, sop_instance_uid, size)
-            self.stream.send_parts(pdata_parts(context_id, command, True, self.send_pdu))
-            # Multiples of the fragment size keep every PDU but the last one full.
-            fragment = max(self.send_pdu - 6, 1)
-            chunk = max(fragment, (STREAM_CHUNK // fragment) * fragment)
-            remaining = size
-            while remaining > 0:
-                n = fh.readinto(view[:chunk])
-                if not n:
-                    raise OSError(f"{path}: file shrank while being sent")
-                n = min(n, remaining)
-                remaining -= n
-                self.stream.send_parts(
-                    pdata_fragment_parts(context_id, view[:n], False, self.send_pdu, last=remaining <= 0)
-                )
-        cmd = self._read_response(message_id)
-        if self._debug:
-            self._log_store_rsp(cmd)
-        return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
-
-    def _store_file_tls(
-        self, send_file: Any, fh: Any, context_id: int, sop_class_uid: str, sop_instance_uid: str, size: int
-    ) -> StoreResponse:
-        """`store_file` over TLS for a data set of several PDUs up to `STREAM_CHUNK` bytes, `fh` at its
-        start: `TLSPDUStream.send_file_pdata` reads it into place between the PDU headers, one write in all."""
-        message_id = self._next_message_id()
-        command = dimse.c_store_rq(message_id, sop_class_uid, sop_instance_uid)
-        if self._debug:
-            self._log_store_rq(message_id, context_id, sop_class_uid, sop_instance_uid, size)
-        head = b"".join(pdata_parts(context_id, command, True, self.send_pdu))
-        send_file(head, fh, size, context_id, self.send_pdu)
-        cmd = self._read_response(message_id)
-        if self._debug:
-            self._log_store_rsp(cmd)
-        return StoreResponse(cmd.status if cmd.status is not None else 0xC000, cmd.error_comment)
+                    n = min(n, remaining)
+                    remaining -= n
+                    self.stream.send_parts(
+                        pdata_fragment_parts(context_id, view[:n], False, self.send_pdu, last=remaining <= 0)
+                    )
+        return self._store_rsp(message_id)
 
 
 def _tls_stream(sock: socket.socket, opts: AssociationOptions) -> PDUStream:
