@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from peers import batchstore_env, dcmtk_send, make_corpus
-from test_receive_helpers import CT, EXPLICIT_LE, RawSCU, Receiver, ct_dataset, encode, temp_files
+from test_receive_helpers import CT, EXPLICIT_LE, IMPLICIT, RawSCU, Receiver, ct_dataset, encode, temp_files
 
 from batchstore.net import dimse, errors
 from batchstore.receiver import onemessage
@@ -40,10 +40,12 @@ def compiled():  # type: ignore[no-untyped-def]
     return onemessage.compiled
 
 
-def message(message_id: int, sop_class: str, command_uid: str, data_uid: str, context: int = 1, **kw) -> bytes:  # type: ignore[no-untyped-def]
+def message(  # type: ignore[no-untyped-def]
+    message_id: int, sop_class: str, command_uid: str, data_uid: str, context: int = 1, ts: str = EXPLICIT_LE, **kw
+) -> bytes:
     """A C-STORE-RQ and its data set, each in a P-DATA-TF of one PDV, as storescu sends them."""
     command = dimse.c_store_rq(message_id, sop_class, command_uid, **kw)
-    data = encode(ct_dataset(data_uid))
+    data = encode(ct_dataset(data_uid), ts)
     return (
         PDV.pack(4, len(command) + 6, len(command) + 2, context, 3)
         + command
@@ -52,22 +54,22 @@ def message(message_id: int, sop_class: str, command_uid: str, data_uid: str, co
     )
 
 
-def python_serve(buf: bytes, start: int, end: int, out: Path) -> tuple | int | None:
+def python_serve(buf: bytes, start: int, end: int, out: Path, ts: str = EXPLICIT_LE) -> tuple | int | None:
     """What the Python path does with the same bytes: `locate`, `Store.store`, the response PDU."""
-    found = locate(buf, start, end, MAX_PDU, {1: EXPLICIT_LE})
+    found = locate(buf, start, end, MAX_PDU, {1: ts})
     if found is None or isinstance(found, int):
         return found
     context, message_id, sop_class, sop_instance, data_start, stop = found
     store = Store(StorageOptions(output_dir=str(out)))
-    result = store.store(sop_class, sop_instance, EXPLICIT_LE, "SCU", memoryview(buf)[data_start:stop], Peer())
+    result = store.store(sop_class, sop_instance, ts, "SCU", memoryview(buf)[data_start:stop], Peer())
     response = dimse.c_store_rsp(message_id, sop_class, sop_instance, result.status, result.comment or None)
     pdu = PDV.pack(4, len(response) + 6, len(response) + 2, context, 3) + response
     return stop, stop - data_start, pdu, result.path and os.path.basename(result.path), message_id, sop_instance
 
 
-def compiled_serve(buf: bytes, start: int, end: int, out: Path, **kw) -> tuple | int | None:  # type: ignore[no-untyped-def]
+def compiled_serve(buf: bytes, start: int, end: int, out: Path, ts: str = EXPLICIT_LE, **kw) -> tuple | int | None:  # type: ignore[no-untyped-def]
     store = Store(StorageOptions(output_dir=str(out), **kw))
-    plans = onemessage.plans(store, {1: EXPLICIT_LE}, {1: CT}, "SCU", store.options.write_meta)
+    plans = onemessage.plans(store, {1: ts}, {1: CT}, "SCU", store.options.write_meta)
     flags = os.O_RDONLY | os.O_DIRECTORY
     directory, proc = os.open(out, flags), os.open("/proc/self/fd", flags)
     try:
@@ -124,20 +126,23 @@ def test_locate_agrees_on_any_bytes(data: bytes, start: int, max_pdu: int) -> No
 
 @compiled_only
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(_uid, _uid, hs.integers(0, 0xFFFF), _mutations, hs.sampled_from([0, 0, 1, 30, 700]))
+@given(
+    _uid, _uid, hs.integers(0, 0xFFFF), _mutations, hs.sampled_from([0, 0, 1, 30, 700]), hs.sampled_from([EXPLICIT_LE, IMPLICIT])
+)
 def test_serve_stores_what_the_python_path_stores(  # type: ignore[no-untyped-def]
-    tmp_path_factory, command_uid, data_uid, message_id, mutations, cut
+    tmp_path_factory, command_uid, data_uid, message_id, mutations, cut, ts
 ) -> None:
-    """Whatever `serve` stores, the Python path stores the same: file name and bytes, response PDU; what it
-    asks more bytes for, `locate` does too; what it declines leaves nothing behind."""
-    raw = bytearray(message(message_id, CT, command_uid, data_uid if mutations else command_uid))
+    """Whatever `serve` stores (explicit or implicit VR little endian), the Python path stores the same:
+    file name and bytes, response PDU; what it asks more bytes for, `locate` does too; what it declines
+    leaves nothing behind."""
+    raw = bytearray(message(message_id, CT, command_uid, data_uid if mutations else command_uid, ts=ts))
     for position, value in mutations:
         if position < len(raw):
             raw[position] = value
     buf, end = bytes(raw), max(0, len(raw) - cut)
     ours, theirs = tmp_path_factory.mktemp("c"), tmp_path_factory.mktemp("py")
-    done = compiled_serve(buf, 0, end, ours)
-    expected = python_serve(buf, 0, end, theirs)
+    done = compiled_serve(buf, 0, end, ours, ts)
+    expected = python_serve(buf, 0, end, theirs, ts)
     if done is None:
         assert files(ours) == {}
     elif isinstance(done, int):
@@ -164,6 +169,18 @@ def test_serve_declines_what_it_does_not_do_itself(tmp_path: Path) -> None:
     bare.mkdir()
     done = compiled_serve(whole, 0, len(whole), bare, write_meta=False)
     assert done is not None and (bare / f"CT.{uid}").read_bytes() == encode(ct_dataset(uid))
+
+
+@compiled_only
+def test_serve_stores_implicit_vr_little_endian(tmp_path: Path) -> None:
+    uid = f"{UID_ROOT}.3"
+    whole = message(1, CT, uid, uid, ts=IMPLICIT)
+    ours, theirs = tmp_path / "c", tmp_path / "py"
+    ours.mkdir()
+    theirs.mkdir()
+    done = compiled_serve(whole, 0, len(whole), ours, IMPLICIT)
+    assert done is not None and not isinstance(done, int) and done == python_serve(whole, 0, len(whole), theirs, IMPLICIT)
+    assert files(ours) == files(theirs) != {}
 
 
 def _stored_tree(out: Path) -> dict[str, bytes]:

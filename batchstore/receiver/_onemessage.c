@@ -6,12 +6,12 @@
  *
  * serve(buf, start, end, max_pdu, plans, dir_fd, proc_fd, peer_max_pdu) is locate plus the store of the
  * common case, all in one call: the data set's SOP Class and Instance UIDs checked against the request
- * (Explicit VR Little Endian, as Store._check_explicit_le), the file meta and the data set written with
+ * (Explicit or Implicit VR Little Endian: see uids_match), the file meta and the data set written with
  * one writev into an unnamed file (O_TMPFILE) in dir_fd, linked as <prefix>.<SOP Instance UID><extension>,
  * and the C-STORE-RSP (success) encoded, P-DATA-TF and all. It returns what locate returns, except that
  * a found C-STORE becomes (stop, data set length, response PDU, file name, message ID, SOP Instance UID). `plans` maps a context ID to
  * a dict from SOP Class UID to (name prefix, extension, file meta before (0002,0003) or None, file meta
- * after it), built by onemessage.plans; a context or SOP class not in it, a data set whose UIDs are not
+ * after it, explicit VR), built by onemessage.plans; a context or SOP class not in it, a data set whose UIDs are not
  * found as the fast check finds them or do not match, a UID that is not a plain file name, a file that
  * exists already, any failing system call: None, with nothing left behind (the unnamed file vanishes
  * with its descriptor), and the Python path then does the same work and reports what it finds.
@@ -236,10 +236,12 @@ locate(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
-/* Store._check_explicit_le: 1 when the data set's SOP Class and Instance UIDs, read before anything the
- * fast check leaves to the general reader, are the request's. */
+/* 1 when the data set's SOP Class and Instance UIDs are the request's, read as Store._check_explicit_le
+ * reads them (explicit) or as walk.read_elements does before anything unusual (implicit VR little endian):
+ * top-level elements of defined length up to (0008,0018). An item tag, a long VR (explicit), an undefined
+ * length or a truncated value: 0, and the Python path reads the data set itself. */
 static int
-uids_match(const unsigned char *p, Py_ssize_t end, const found_t *f)
+uids_match(const unsigned char *p, Py_ssize_t end, const found_t *f, int explicit)
 {
     static const char long_vrs[][2] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
                                        "UT", "UV"};
@@ -247,10 +249,10 @@ uids_match(const unsigned char *p, Py_ssize_t end, const found_t *f)
     Py_ssize_t cls_len = 0, inst_len = 0, pos = 0;
     while (pos + 8 <= end) {
         uint32_t group = u16le(p + pos), element = u16le(p + pos + 2);
-        Py_ssize_t length = (Py_ssize_t)u16le(p + pos + 6);
-        if (group == 0xFFFE)
+        Py_ssize_t length = explicit ? (Py_ssize_t)u16le(p + pos + 6) : (Py_ssize_t)u32le(p + pos + 4);
+        if (group == 0xFFFE || (!explicit && length == 0xFFFFFFFF))
             return 0;
-        for (size_t i = 0; i < sizeof long_vrs / sizeof long_vrs[0]; i++)
+        for (size_t i = 0; explicit && i < sizeof long_vrs / sizeof long_vrs[0]; i++)
             if (p[pos + 4] == (unsigned char)long_vrs[i][0] && p[pos + 5] == (unsigned char)long_vrs[i][1])
                 return 0;
         uint32_t tag = group << 16 | element;
@@ -410,8 +412,9 @@ serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     const char *prefix, *extension, *before = NULL, *after = NULL;
     Py_ssize_t prefix_len, extension_len, before_len = 0, after_len = 0;
     PyObject *before_obj, *after_obj;
-    if (!PyArg_ParseTuple(plan, "y#y#OO", &prefix, &prefix_len, &extension, &extension_len, &before_obj,
-                          &after_obj))
+    int explicit;
+    if (!PyArg_ParseTuple(plan, "y#y#OOp", &prefix, &prefix_len, &extension, &extension_len, &before_obj,
+                          &after_obj, &explicit))
         goto fail;
     int meta = before_obj != Py_None;
     if (meta && (PyBytes_AsStringAndSize(before_obj, (char **)&before, &before_len) < 0
@@ -434,7 +437,7 @@ serve(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     name[prefix_len + f.inst_len + extension_len] = 0;
     const unsigned char *data = b + f.data_start;
     Py_ssize_t data_len = f.stop - f.data_start;
-    if (!uids_match(data, data_len, &f))
+    if (!uids_match(data, data_len, &f, explicit))
         goto done;
     struct iovec iov[8];
     int parts = 0;

@@ -18,7 +18,7 @@ import struct
 from typing import Any
 
 from ..dicom.meta import file_meta_parts
-from ..dicom.uids import EXPLICIT_VR_LE
+from ..dicom.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from ..net import dimse
 from ..net.pdu import P_DATA_TF, RECV_BUFFER
 
@@ -86,13 +86,15 @@ def plans(
     store: Any, accepted: dict[int, str], abstract: dict[int, str], source_ae: str, write_meta: bool
 ) -> dict[int, dict[str, tuple]]:
     """What the compiled `serve` needs to store a data set on each accepted context itself: for each
-    Explicit VR Little Endian context whose SOP class `store` (a `receiver.store.Store`) keeps in the
-    plain way (`Store.plain_names`), {SOP class: (name prefix, extension, file meta before the (0002,0003)
-    element or None, file meta after it)}. Anything else it leaves to the Python path."""
+    Explicit or Implicit VR Little Endian context whose SOP class `store` (a `receiver.store.Store`) keeps
+    in the plain way (`Store.plain_names`), {SOP class: (name prefix, extension, file meta before the
+    (0002,0003) element or None, file meta after it, explicit VR)}. Anything else it leaves to the Python
+    path."""
     result: dict[int, dict[str, tuple]] = {}
     for context, transfer_syntax in accepted.items():
         sop_class = abstract[context]
-        names = store.plain_names(sop_class) if transfer_syntax == EXPLICIT_VR_LE else None
+        plain = transfer_syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
+        names = store.plain_names(sop_class) if plain else None
         if names is None or not (names[0] + names[1]).isascii():
             continue
         before: bytes | None = None
@@ -100,7 +102,8 @@ def plans(
         if write_meta:  # preamble, DICM, group length (12 bytes), before, (0002,0003)'s header (8 bytes)
             head, _instance, after = file_meta_parts(sop_class, "", transfer_syntax, source_ae)
             before = head[144:-8]
-        result[context] = {sop_class: (names[0].encode(), names[1].encode(), before, after)}
+        explicit = transfer_syntax == EXPLICIT_VR_LE
+        result[context] = {sop_class: (names[0].encode(), names[1].encode(), before, after, explicit)}
     return result
 
 

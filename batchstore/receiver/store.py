@@ -193,7 +193,7 @@ class Store:
             self._proc_fd = -1
 
     def plain_names(self, sop_class: str) -> tuple[str, str] | None:
-        """(prefix, extension): a data set of `sop_class` received whole is checked by `_check_explicit_le`,
+        """(prefix, extension): a data set of `sop_class` received whole is checked for its two UIDs only,
         written unchanged into an unnamed file in ``-od`` and linked as ``<prefix><SOP Instance
         UID><extension>``, what the compiled one-message path does itself (`receiver.onemessage`); None
         when the options (or the file system) have it go another way."""
