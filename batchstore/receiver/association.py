@@ -58,7 +58,7 @@ from .files import Discard, Incoming, Refused
 from .gate import MAX_ASSOCIATE_RQ
 from .negotiation import Negotiator, commitment_results
 from .onemessage import MAX_COMMAND_ITEM as _MAX_COMMAND_ITEM
-from .onemessage import MAX_COMMAND_SET, compiled, locate, plans
+from .onemessage import MAX_COMMAND_SET, Compiled, compiled, locate
 from .store import Store, StoredFile
 
 if TYPE_CHECKING:
@@ -167,11 +167,7 @@ class Association:
         # the fault-injection options act between a C-STORE's fragments: they take the general path
         self._one_message_path = not (options.sleep_during or options.abort_during or options.abort_after)
         self.commitment = CommitmentSCP(options, self._send_message) if options.commitment else None
-        # the compiled one-message path (`onemessage`), set up once the contexts are accepted
-        self._serve = None
-        self._plans: dict[int, dict[str, tuple]] = {}
-        self._fds = (-1, -1)  # the output directory, this process's /proc/self/fd
-        self.compiled_instances = 0
+        self._compiled: Compiled | None = None  # the compiled one-message path, once contexts are accepted
 
     # ---- entry point
 
@@ -214,9 +210,8 @@ class Association:
             if self._incoming is not None:
                 self._incoming.discard()
                 self._incoming = None
-            for fd in self._fds:
-                if fd >= 0:
-                    os.close(fd)
+            if self._compiled is not None:
+                self._compiled.close()
             try:
                 self.sock.close()
             except OSError:
@@ -232,8 +227,8 @@ class Association:
                 self.data_bytes,
                 seconds,
             )
-            if self.compiled_instances:
-                log.info("%d of them stored by the compiled path", self.compiled_instances)
+            if self._compiled is not None and self._compiled.instances:
+                log.info("%d of them stored by the compiled path", self._compiled.instances)
         return AssociationResult(
             outcome,
             self.peer.calling_ae,
@@ -318,27 +313,8 @@ class Association:
         reader.deadline = 0.0
         reader.pdu_timeout = self._message_limit
         if self._one_message_path and compiled is not None:
-            self._compiled_path()
+            self._compiled = Compiled(self.store, self.peer.calling_ae)
         return self._dimse_loop()
-
-    def _compiled_path(self) -> None:
-        """Let the compiled `serve` store the data sets of the contexts it can (none: the Python path)."""
-        self._plans = plans(
-            self.store, self.accepted, self.abstract, self.peer.calling_ae, self.store.options.write_meta
-        )
-        if not self._plans:
-            return
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-        try:
-            directory = os.open(self.store.root, flags)
-        except OSError:
-            return  # the Python path reports what is wrong with -od
-        try:
-            self._fds = (directory, os.open("/proc/self/fd", flags))
-        except OSError:
-            os.close(directory)
-            return
-        self._serve = compiled.serve
 
     def _peer_address(self) -> str:
         ip = self.address[0]
@@ -403,19 +379,19 @@ class Association:
         reader = self.reader
         try:
             buf, start, end = reader.receive_some()
-            serve = self._serve
-            if serve is not None:
-                directory, proc = self._fds
-                done = serve(buf, start, end, reader.max_pdu, self._plans, directory, proc, self.peer_max_pdu)
+            fast = self._compiled
+            if fast is not None:
+                plans, directory, proc = fast.plans, fast.directory, fast.proc
+                done = fast.serve(buf, start, end, reader.max_pdu, plans, directory, proc, self.peer_max_pdu)
                 while type(done) is int:
                     buf, start, end = self._receive_at_least(done)
-                    done = serve(buf, start, end, reader.max_pdu, self._plans, directory, proc, self.peer_max_pdu)
+                    done = fast.serve(buf, start, end, reader.max_pdu, plans, directory, proc, self.peer_max_pdu)
                 if done is not None:
                     stop, size, response, name, message_id, sop_instance = done
                     reader.skip(stop)
                     self.data_bytes += size
                     self.instances += 1
-                    self.compiled_instances += 1
+                    fast.instances += 1
                     if self._verbose:
                         log.info("Received Store Request (MsgID %d, %s)", message_id, sop_instance)
                         log.info("Stored DICOM file: %s/%s", self.store.root, name)
@@ -446,8 +422,9 @@ class Association:
             self.peer,
         )
         reader.skip(stop)
-        if serve is not None and self.store.plain_names(sop_class) is None:
-            self._serve = None  # the store had to give up unnamed files here: so must `serve`
+        if fast is not None and result.status == 0 and not fast.learn(context, sop_class, self.accepted[context]):
+            self._compiled = None  # never in this association (options, file system): close() at the end
+            fast.close()
         self._answer_store(context, message_id, sop_class, sop_instance, result)
         return True
 

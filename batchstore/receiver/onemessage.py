@@ -82,29 +82,66 @@ def locate(buf: Any, start: int, end: int, max_pdu: int, contexts: Any) -> Found
     return context, message_id, sop_class, sop_instance, command_end + 12, stop
 
 
-def plans(
-    store: Any, accepted: dict[int, str], abstract: dict[int, str], source_ae: str, write_meta: bool
-) -> dict[int, dict[str, tuple]]:
-    """What the compiled `serve` needs to store a data set on each accepted context itself: for each
-    Explicit or Implicit VR Little Endian context whose SOP class `store` (a `receiver.store.Store`) keeps
-    in the plain way (`Store.plain_names`), {SOP class: (name prefix, extension, file meta before the
-    (0002,0003) element or None, file meta after it, explicit VR)}. Anything else it leaves to the Python
-    path."""
-    result: dict[int, dict[str, tuple]] = {}
-    for context, transfer_syntax in accepted.items():
-        sop_class = abstract[context]
-        plain = transfer_syntax in (EXPLICIT_VR_LE, IMPLICIT_VR_LE)
-        names = store.plain_names(sop_class) if plain else None
-        if names is None or not (names[0] + names[1]).isascii():
-            continue
-        before: bytes | None = None
-        after: bytes | None = None
-        if write_meta:  # preamble, DICM, group length (12 bytes), before, (0002,0003)'s header (8 bytes)
-            head, _instance, after = file_meta_parts(sop_class, "", transfer_syntax, source_ae)
-            before = head[144:-8]
-        explicit = transfer_syntax == EXPLICIT_VR_LE
-        result[context] = {sop_class: (names[0].encode(), names[1].encode(), before, after, explicit)}
-    return result
+def plan(
+    names: tuple[str, str], sop_class: str, transfer_syntax: str, source_ae: str, write_meta: bool
+) -> tuple | None:
+    """What the compiled `serve` needs to store a data set of `sop_class` on a context of
+    `transfer_syntax` itself: (name prefix, extension, file meta before the (0002,0003) value or None,
+    file meta after it, explicit VR); None for a syntax other than Explicit or Implicit VR Little Endian.
+    `names` is what `Store.plain_names` gave."""
+    if transfer_syntax not in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) or not (names[0] + names[1]).isascii():
+        return None
+    before: bytes | None = None
+    after: bytes | None = None
+    if write_meta:  # preamble, DICM, group length (12 bytes), before, (0002,0003)'s header (8 bytes)
+        head, _instance, after = file_meta_parts(sop_class, "", transfer_syntax, source_ae)
+        before = head[144:-8]
+    return names[0].encode(), names[1].encode(), before, after, transfer_syntax == EXPLICIT_VR_LE
+
+
+class Compiled:
+    """One association's compiled path: `serve`'s plans, learnt from the Python path, and its descriptors.
+
+    A context and SOP class get a plan once the Python path stored a data set of theirs (`learn`): nothing
+    is prepared for the contexts an association accepts and never uses, and the store's own naming (which
+    may look a SOP class up in pydicom's tables) runs only for what arrives.
+    """
+
+    def __init__(self, store: Any, source_ae: str) -> None:
+        self.store = store
+        self.source_ae = source_ae
+        self.plans: dict[int, dict[str, tuple]] = {}
+        self.directory = self.proc = -1  # the output directory, this process's /proc/self/fd
+        self.instances = 0  # data sets `serve` stored
+        self.serve = compiled.serve
+
+    def learn(self, context: int, sop_class: str, transfer_syntax: str) -> bool:
+        """After the Python path stored a data set of `sop_class` on `context`: let `serve` store the next
+        ones itself where it can. False when it never can in this association (the store's options, or
+        unnamed files given up): the caller stops calling it."""
+        if sop_class in self.plans.get(context, ()):
+            return True
+        names = self.store.plain_names(sop_class)
+        if names is None:
+            return False
+        entry = plan(names, sop_class, transfer_syntax, self.source_ae, self.store.options.write_meta)
+        if entry is None:
+            return True
+        if self.directory < 0:
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+            try:
+                self.directory = os.open(self.store.root, flags)
+                self.proc = os.open("/proc/self/fd", flags)
+            except OSError:
+                return False  # the Python path reports what is wrong with -od
+        self.plans.setdefault(context, {})[sop_class] = entry
+        return True
+
+    def close(self) -> None:
+        for fd in (self.directory, self.proc):
+            if fd >= 0:
+                os.close(fd)
+        self.directory = self.proc = -1
 
 
 def _load_compiled() -> Any:
