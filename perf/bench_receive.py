@@ -7,7 +7,8 @@ sender's end, files/s, and the receiver's CPU seconds (its process and the assoc
 reaped); the ratio is batchstore files/s divided by storescp files/s. CPU/file is the receiver's CPU less
 its start-up, per file: the median over the runs, with its user-mode part beside it (the rest is the
 kernel: the network stack, the file system, switching to and from the senders). It is the figure of the
-"receiver CPU per 1 KB file" row (target: at most 0.5x storescp's).
+"receiver CPU per 1 KB file" row (target: at most 0.5x storescp's); the table says whether the receiver
+ran its compiled one-message path (``BATCHSTORE_PURE_PYTHON=1`` measures the Python one).
 
 ``--nagle`` leaves Nagle's algorithm on in the DCMTK processes (as Debian deploys them) instead.
 Writes ``perf/results/receive.json``. Run: ``python perf/bench_receive.py [--quick] [--files N]``;
@@ -152,6 +153,15 @@ def run_receiver(kind: str, corpora: list[Path], work: Path, nodelay: bool, expe
     }
 
 
+def compiled_path() -> bool:
+    """Whether the receiver runs the compiled one-message path (``batchstore/receiver/_onemessage.c`` built,
+    ``BATCHSTORE_PURE_PYTHON`` not set): the CPU per file depends on it."""
+    code = "from batchstore.receiver import onemessage; print(onemessage.compiled is not None)"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
 def _median(rows: list[dict]) -> dict:
     """The run with the median time, plus every run's seconds; the CPU per file (and its user part) are
     the medians over all runs, each taken on its own: on a shared machine they vary from run to run
@@ -188,8 +198,10 @@ def run(
     dcmtk, ours = results
     ratio = ours["files_per_second"] / dcmtk["files_per_second"]
     cpu_ratio = ours["receiver_cpu_per_file_us"] / dcmtk["receiver_cpu_per_file_us"]
+    compiled = compiled_path()
     lines = [
-        f"receive: {SENDERS} concurrent storescu (TCP_NODELAY={'0' if nagle else '1'}) x {files} files of ~{size} bytes",
+        f"receive: {SENDERS} concurrent storescu (TCP_NODELAY={'0' if nagle else '1'}) x {files} files of ~{size} bytes"
+        f" (batchstore's compiled one-message path: {'on' if compiled else 'off'})",
         f"{'receiver':<34} {'seconds':>8} {'files/s':>9} {'recv CPU s':>11} {'start-up':>9} {'CPU/file':>9}"
         f" {'user':>7}",
     ]
@@ -235,6 +247,7 @@ def run(
         "file_size": size,
         "tcp_nodelay_dcmtk": not nagle,
         "repeat": max(1, repeat),
+        "compiled_one_message_path": compiled,
         "results": results,
         "ratio_files_per_second": round(ratio, 3),
     }

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_bytes.h"
+
 /* VR kind per two-byte VR (first byte * 256 + second): 0 unknown, 1 short (2-byte length), 2 long. */
 static unsigned char vr_kind[65536];
 
@@ -49,18 +51,6 @@ set_vrs(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_RETURN_NONE;
-}
-
-static uint32_t
-u16le(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8;
-}
-
-static uint32_t
-u32le(const unsigned char *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 static PyObject *

@@ -125,6 +125,14 @@ class PDUReader:
             self._end = self._recv(self._view)
         return self._view, self._start, self._end
 
+    def receive_at_least(self, need: int) -> tuple[memoryview, int, int]:
+        """`receive_some`, receiving until at least `need` (at most `RECV_BUFFER`) bytes are buffered: for
+        the rest of a message whose first PDU is already here. The buffered bytes may move to the start of
+        the buffer first; a receive is bounded as in `read_pdu`."""
+        if self._end - self._start < need:
+            self._fill(need)
+        return self._view, self._start, self._end
+
     def skip(self, stop: int) -> None:
         """Mark the buffered bytes before offset `stop` (an ``end`` of `receive_some` or less) as read."""
         if stop >= self._end:

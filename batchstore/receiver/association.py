@@ -57,6 +57,8 @@ from .events import EventRunner, Peer
 from .files import Discard, Incoming, Refused
 from .gate import MAX_ASSOCIATE_RQ
 from .negotiation import Negotiator, commitment_results
+from .onemessage import MAX_COMMAND_ITEM as _MAX_COMMAND_ITEM
+from .onemessage import MAX_COMMAND_SET, Compiled, compiled, locate
 from .store import Store, StoredFile
 
 if TYPE_CHECKING:
@@ -64,13 +66,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("batchstore.scp")
 
-#: The longest command set accepted (a C-STORE-RQ takes about 200 bytes): a longer one, in one fragment
-#: or in many, is answered with A-ABORT instead of being buffered.
-MAX_COMMAND_SET = 16 * 1024
 #: A DIMSE message must arrive within ``-td`` (or ``-ts``) of its start, plus one second per this many
 #: data set bytes: a large data set from a slow but honest sender is not cut off, a trickle is.
 MIN_DATA_RATE = 128 * 1024
-_MAX_COMMAND_ITEM = MAX_COMMAND_SET + 2  # a PDV item's length counts its context ID and control header
 
 @dataclass(frozen=True)
 class AssociationResult:
@@ -169,6 +167,7 @@ class Association:
         # the fault-injection options act between a C-STORE's fragments: they take the general path
         self._one_message_path = not (options.sleep_during or options.abort_during or options.abort_after)
         self.commitment = CommitmentSCP(options, self._send_message) if options.commitment else None
+        self._compiled: Compiled | None = None  # the compiled one-message path, once contexts are accepted
 
     # ---- entry point
 
@@ -211,6 +210,8 @@ class Association:
             if self._incoming is not None:
                 self._incoming.discard()
                 self._incoming = None
+            if self._compiled is not None:
+                self._compiled.close()
             try:
                 self.sock.close()
             except OSError:
@@ -226,6 +227,8 @@ class Association:
                 self.data_bytes,
                 seconds,
             )
+            if self._compiled is not None and self._compiled.instances:
+                log.info("%d of them stored by the compiled path", self._compiled.instances)
         return AssociationResult(
             outcome,
             self.peer.calling_ae,
@@ -309,6 +312,8 @@ class Association:
         reader.max_pdu = options.max_pdu or MAX_RECEIVE_PDU
         reader.deadline = 0.0
         reader.pdu_timeout = self._message_limit
+        if self._one_message_path and compiled is not None:
+            self._compiled = Compiled(self.store, self.peer.calling_ae)
         return self._dimse_loop()
 
     def _peer_address(self) -> str:
@@ -365,59 +370,71 @@ class Association:
         return self._store_rq is None and not self._command
 
     def _one_message(self) -> bool:
-        """Serve a whole C-STORE where it lies in the receive buffer, if it is there: a C-STORE-RQ in one
-        P-DATA-TF of one PDV, and its data set in the next, both complete (what a small data set takes).
-        False, having consumed nothing, for anything else: the general path (`_p_data`) then reads the
-        same bytes PDU by PDU and checks and answers them as always.
-
-        Per file this saves copying both PDUs out of the buffer, the `Command` and its element dictionary,
-        and the per-fragment bookkeeping (docs/design.md, "Receiving one small file").
-        """
+        """Serve a whole C-STORE where it lies in the receive buffer (a C-STORE-RQ in one P-DATA-TF of one
+        PDV, its data set in the next: what a small data set takes), receiving the rest of it first when
+        only its start is here (`onemessage.locate`). The compiled `serve` stores and answers the common
+        case itself, this code what it declines. False, having consumed nothing, for anything else: the
+        general path (`_p_data`) then reads the same bytes PDU by PDU and judges them as always
+        (docs/design.md, "Receiving one small file")."""
         reader = self.reader
-        buf, start, end = reader.receive_some()
-        if end - start < 24:
+        try:
+            buf, start, end = reader.receive_some()
+            fast = self._compiled
+            if fast is not None:
+                plans, directory, proc = fast.plans, fast.directory, fast.proc
+                done = fast.serve(buf, start, end, reader.max_pdu, plans, directory, proc, self.peer_max_pdu)
+                while type(done) is int:
+                    buf, start, end = self._receive_at_least(done)
+                    done = fast.serve(buf, start, end, reader.max_pdu, plans, directory, proc, self.peer_max_pdu)
+                if done is not None:
+                    stop, size, response, name, message_id, sop_instance = done
+                    reader.skip(stop)
+                    self.data_bytes += size
+                    self.instances += 1
+                    fast.instances += 1
+                    if self._verbose:
+                        log.info("Received Store Request (MsgID %d, %s)", message_id, sop_instance)
+                        log.info("Stored DICOM file: %s/%s", self.store.root, name)
+                    self._send(response)
+                    if self._exec_on_reception:
+                        self.events.on_reception(self.store.root, name, self.peer)
+                    if self.options.sleep_after:
+                        time.sleep(self.options.sleep_after)
+                    return True
+            found = locate(buf, start, end, reader.max_pdu, self.accepted)
+            while type(found) is int:
+                buf, start, end = self._receive_at_least(found)
+                found = locate(buf, start, end, reader.max_pdu, self.accepted)
+        finally:
+            reader.deadline = 0.0
+        if found is None:
             return False
-        pdu_type, length, item, context, control = _PDV.unpack_from(buf, start)
-        command_end = start + 6 + length
-        if (
-            pdu_type != P_DATA_TF
-            or control != 3  # a command, its last fragment
-            or item != length - 4  # one PDV
-            or item > _MAX_COMMAND_ITEM
-            or command_end + 12 > end
-            or length > reader.max_pdu
-            or context not in self.accepted
-        ):
-            return False
-        pdu_type, length, item, data_context, control = _PDV.unpack_from(buf, command_end)
-        stop = command_end + 6 + length
-        if (
-            pdu_type != P_DATA_TF
-            or control != 2  # a data set, its last fragment
-            or item != length - 4
-            or stop > end
-            or length > reader.max_pdu
-            or data_context != context
-        ):
-            return False
-        request = dimse.store_request(buf, start + 12, command_end)
-        if request is None:  # another command, or one the general path has to judge
-            return False
-        message_id, sop_class, sop_instance = request
+        context, message_id, sop_class, sop_instance, data_start, stop = found  # type: ignore[misc]
         if self._verbose:
             log.info("Received Store Request (MsgID %d, %s)", message_id, sop_instance)
-        self.data_bytes += item - 2
+        self.data_bytes += stop - data_start
         result = self.store.store(
             sop_class,
             sop_instance,
             self.accepted[context],
             self.peer.calling_ae,
-            buf[command_end + 12 : stop],
+            buf[data_start:stop],
             self.peer,
         )
         reader.skip(stop)
+        if fast is not None and result.status == 0 and not fast.learn(context, sop_class, self.accepted[context]):
+            self._compiled = None  # never in this association (options, file system): close() at the end
+            fast.close()
         self._answer_store(context, message_id, sop_class, sop_instance, result)
         return True
+
+    def _receive_at_least(self, need: int) -> tuple[memoryview, int, int]:
+        """Receive until `need` bytes of a message are buffered, within the deadline a DIMSE message has
+        once it started (extended by the time `need` bytes take at `MIN_DATA_RATE`)."""
+        reader = self.reader
+        if self._message_limit:
+            reader.deadline = (reader.deadline or time.monotonic() + self._message_limit) + need * self._seconds_per_byte
+        return reader.receive_at_least(need)
 
     def _p_data(self, body: bytes | bytearray) -> None:
         end = len(body)

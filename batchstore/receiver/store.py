@@ -118,7 +118,6 @@ class StorageError(Exception):
         self.status = status
 
 
-
 class Store:
     """Stores received data sets under ``-od`` according to `StorageOptions`.
 
@@ -192,6 +191,18 @@ class Store:
             except OSError:
                 pass
             self._proc_fd = -1
+
+    def plain_names(self, sop_class: str) -> tuple[str, str] | None:
+        """(prefix, extension): a data set of `sop_class` received whole is checked for its two UIDs only,
+        written unchanged into an unnamed file in ``-od`` and linked as ``<prefix><SOP Instance
+        UID><extension>``, what the compiled one-message path does itself (`receiver.onemessage`); None
+        when the options (or the file system) have it go another way."""
+        if not self._tmpfile or not self._fast_check or self.track_studies or self._fsync:
+            return None
+        if self.options.ignore or self._unique or self._time_names:
+            return None
+        name = self._file_name(sop_class, "", self.root)
+        return name[: len(name) - len(self._extension)], self._extension
 
     def _temp_path(self) -> str:
         """A new temporary file name in the output directory."""
