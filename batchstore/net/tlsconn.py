@@ -8,11 +8,24 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Callable
+from typing import Protocol, cast
 
 #: Bytes one receive system call of a `TLSConnection` may take from the socket: many small records, or a
 #: large data set's records, decrypted from memory afterwards without further system calls.
 RAW_RECEIVE = 1 << 18
+#: A message is encrypted and sent in pieces of this many bytes (four full records): one ``sendall`` per
+#: piece instead of one ``write`` per record, and the outgoing BIO never holds a whole multi-megabyte data
+#: set (sending it whole measured no cheaper, docs/design.md "TLS").
+SEND_PIECE = 1 << 16
+
+
+class _Engine(Protocol):
+    """What `TLSConnection` calls on every record: `ssl.SSLObject`'s methods, or (without the Python
+    wrapper around each call) those of the ``_ssl`` object inside it."""
+
+    def read(self, len: int, buffer: memoryview) -> int: ...
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
+    def pending(self) -> int: ...
 
 
 class TLSConnection:
@@ -22,8 +35,8 @@ class TLSConnection:
     `ssl.SSLSocket` leaves the socket to OpenSSL, which reads record by record (two ``read`` calls per
     record: its header, then its body) and writes each record with its own ``write``. Here one
     ``recv_into`` takes whatever has arrived (up to `RAW_RECEIVE` bytes) into the incoming BIO and every
-    complete record is decrypted from memory; a message is encrypted whole into the outgoing BIO and leaves
-    with one ``sendall`` (docs/design.md, "TLS").
+    complete record is decrypted from memory; a message is encrypted into the outgoing BIO and leaves with
+    one ``sendall`` per `SEND_PIECE` (docs/design.md, "TLS").
 
     Timeouts are the socket's, as for plain TCP (`sockets.set_socket_timeout`: kernel timeouts, an expired
     one is `BlockingIOError` from a receive and `TimeoutError` from a send). A non-blocking socket (the
@@ -42,7 +55,7 @@ class TLSConnection:
         The name sent as SNI (``--request-sni``), client side only.
     """
 
-    __slots__ = ("_sock", "_in", "_out", "_ssl", "_read", "_raw", "_unsent")
+    __slots__ = ("_sock", "_in", "_out", "_ssl", "_engine", "_raw", "_unsent", "_ended")
 
     def __init__(
         self, sock: socket.socket, ctx: ssl.SSLContext, server_side: bool, server_hostname: str | None = None
@@ -51,9 +64,11 @@ class TLSConnection:
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
         self._ssl = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
-        self._read: Callable[[int, memoryview], int] = self._ssl.read  # type: ignore[assignment]
+        # `ssl.SSLObject` wraps each call in a Python method; its ``_sslobj`` is the C object it calls
+        self._engine = cast(_Engine, getattr(self._ssl, "_sslobj", self._ssl))
         self._raw: memoryview | None = None  # the receive buffer, allocated at the first receive
         self._unsent: memoryview | None = None  # handshake bytes a non-blocking socket did not take yet
+        self._ended = False  # the peer's close_notify, or the end of the connection, was read
 
     # ---- the handshake
 
@@ -125,29 +140,33 @@ class TLSConnection:
         arrived, receiving once from the socket first when none has; 0 at the end of the stream."""
         view = memoryview(buffer)
         total = nbytes or len(view)
+        engine = self._engine
         ssl_in = self._in
-        read = self._read
         got = 0
-        if not ssl_in.pending and not self._ssl.pending():
-            if not self._fill():
+        if not ssl_in.pending and not engine.pending():
+            if self._ended or not self._fill():
+                self._ended = True
                 return 0
         while got < total:
             try:
-                n = read(total - got, view[got:] if got else view)
+                n = engine.read(total - got, view[got:] if got else view)
             except ssl.SSLWantReadError:
                 if got:
                     break
                 if self._out.pending:  # OpenSSL answered something (a key update): send it first
                     self._send_out()
                 if not self._fill():
+                    self._ended = True
                     return 0
                 continue
             except ssl.SSLEOFError:  # the connection ended without close_notify: the end, as SSLSocket reads it
+                self._ended = True
                 break
             if not n:  # close_notify
+                self._ended = True
                 break
             got += n
-            if not ssl_in.pending and not self._ssl.pending():
+            if not ssl_in.pending and not engine.pending():
                 break
         if self._out.pending:
             self._send_out()
@@ -159,18 +178,25 @@ class TLSConnection:
 
     def pending(self) -> int:
         """Bytes received and not yet returned: decrypted, or still encrypted in the incoming BIO."""
-        return self._ssl.pending() + self._in.pending
+        return self._engine.pending() + self._in.pending
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt `data` whole and send it with one ``sendall``.
+        """Encrypt `data` and send it, one ``sendall`` per `SEND_PIECE` bytes.
 
         Raises
         ------
         TimeoutError
             If the peer does not take the bytes before the socket's timeout expires.
         """
-        self._ssl.write(data)
-        self._send_out()
+        write = self._engine.write
+        if len(data) <= SEND_PIECE:
+            write(data)
+            self._send_out()
+            return
+        view = memoryview(data)
+        for start in range(0, len(view), SEND_PIECE):
+            write(view[start : start + SEND_PIECE])
+            self._send_out()
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         self.sendall(data)
