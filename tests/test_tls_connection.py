@@ -12,11 +12,14 @@ from __future__ import annotations
 import random
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from peers import batchstore_env, dataset_bytes, dcmtk_send, make_corpus, received_index
 from tls_certs import PKI, make_pki
 
 from batchstore.net import tls
@@ -231,3 +234,33 @@ def test_the_handshake_steps_on_a_non_blocking_socket(pki: PKI, pair) -> None:
     peer[0].sendall(b"A-ASSOCIATE-RQ")
     time.sleep(0.1)
     assert ours.recv(100) == b"A-ASSOCIATE-RQ"
+
+
+@pytest.mark.needs_dcmtk
+def test_inetd_over_tls_serves_storescu(pki: PKI, tmp_path) -> None:
+    """``receive --inetd +tls``: the handshake on the socket inetd hands over (blocking, within -ta), then the
+    association; what storescu sent arrives byte for byte."""
+    corpus = make_corpus(tmp_path / "corpus", 3, seed=21, profile="uniform")
+    out = tmp_path / "out"
+    out.mkdir()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = ["+tls", str(pki.client_key), str(pki.client_cert), "+cf", str(pki.ca), "+sd", "+r"]
+    sent: list[subprocess.CompletedProcess[str]] = []
+    thread = threading.Thread(target=lambda: sent.append(dcmtk_send([corpus.root], port, client)))
+    thread.start()
+    conn, _ = listener.accept()
+    server = ["+tls", str(pki.server_key), str(pki.server_cert), "+cf", str(pki.ca)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchstore", "receive", "--inetd", *server, "-ta", "10", "-od", str(out)],
+        stdin=conn, capture_output=True, env=batchstore_env(), timeout=60,
+    )  # fmt: skip
+    conn.close()
+    listener.close()
+    thread.join(60)
+    assert proc.returncode == 0, proc.stderr
+    assert sent[0].returncode == 0, sent[0].stdout + sent[0].stderr
+    index = received_index(out)
+    assert set(index) == corpus.uids()
+    for rec in corpus.files:
+        assert dataset_bytes(index[rec["sop_instance_uid"]]) == dataset_bytes(corpus.path(rec))

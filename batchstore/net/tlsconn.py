@@ -203,8 +203,11 @@ class TLSConnection:
         return len(data)
 
     def _send_out(self) -> None:
+        data = self._out.read()
+        if self._unsent is not None:  # the end of the handshake first (TLS 1.3: the server's tickets)
+            data, self._unsent = bytes(self._unsent) + data, None
         try:
-            self._sock.sendall(self._out.read())
+            self._sock.sendall(data)
         except BlockingIOError:  # SO_SNDTIMEO expired
             raise TimeoutError("timeout while sending to the peer") from None
 
