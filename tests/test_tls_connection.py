@@ -10,8 +10,10 @@ handshake tells the peer why (the alert reaches it) and is an `ssl.SSLError` her
 from __future__ import annotations
 
 import random
+import selectors
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -22,10 +24,12 @@ import pytest
 from peers import batchstore_env, dataset_bytes, dcmtk_send, make_corpus, received_index
 from tls_certs import PKI, make_pki
 
-from batchstore.net import tls
+from batchstore.dicom.uids import IMPLICIT_VR_LE, VERIFICATION_SOP_CLASS
+from batchstore.net import acse, tls
 from batchstore.net.pdu import P_DATA_TF, PDUReader, pdata_parts
 from batchstore.net.sockets import set_socket_timeout
 from batchstore.net.tlsconn import TLSConnection
+from batchstore.receiver.gate import Gate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -264,3 +268,56 @@ def test_inetd_over_tls_serves_storescu(pki: PKI, tmp_path) -> None:
     assert set(index) == corpus.uids()
     for rec in corpus.files:
         assert dataset_bytes(index[rec["sop_instance_uid"]]) == dataset_bytes(corpus.path(rec))
+
+
+def test_a_handshake_flight_larger_than_the_socket_takes_still_completes(pki: PKI, tmp_path) -> None:
+    """The receiver's pre-association stage (`Gate`) with a certificate (~90 KB: 3,200 names; OpenSSL takes
+    up to 100 KB) larger than its socket takes while the client does not read: the stage keeps the rest,
+    watches the socket for writability, sends the rest as it drains, and the client's A-ASSOCIATE-RQ then
+    arrives whole."""
+    key, cert = tmp_path / "big.key", tmp_path / "big.pem"
+    names = ",".join(f"DNS:host{i:05d}.receiver.example" for i in range(3200))
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=big", "-addext",
+         f"subjectAltName={names}"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    server_ctx = tls.server_context(tls.TLSOptions(key_file=str(key), cert_file=str(cert), ca_files=(str(pki.ca),)))
+    selector = selectors.DefaultSelector()
+    gate = Gate(selector, 10.0, server_ctx)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+        client.connect(listener.getsockname())
+        accepted, address = listener.accept()
+    accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # and a small send buffer
+    gate.admit(accepted, address)
+    watched_write = []
+
+    def stage() -> None:
+        deadline = time.monotonic() + 20
+        while not gate.waiting and time.monotonic() < deadline:
+            for key_, _events in selector.select(0.05):
+                watched_write.append(bool(key_.events & selectors.EVENT_WRITE))
+                gate.read(key_.data)
+
+    thread, errors = peer_thread(stage)
+    client.settimeout(20)
+    options = tls.TLSOptions(key_file=str(pki.client_key), cert_file=str(pki.client_cert), ca_files=(str(cert),))
+    conn = TLSConnection(client, tls.client_context(options), server_side=False)
+    with pytest.raises(ssl.SSLWantReadError):
+        conn._ssl.do_handshake()  # the ClientHello, into the outgoing BIO
+    client.sendall(conn._out.read())
+    time.sleep(0.5)  # the stage writes its flight meanwhile and the socket stops taking it
+    conn.do_handshake()
+    request = acse.encode_request(
+        acse.AssociationRequest("BIGCERT", "ANY-SCP", ((1, VERIFICATION_SOP_CLASS, (IMPLICIT_VR_LE,)),))
+    )
+    conn.sendall(struct.pack(">BxL", 1, len(request)) + request)
+    thread.join(30)
+    assert not errors, errors
+    assert any(watched_write)  # the stage did wait for the socket to take the rest
+    assert len(gate.waiting) == 1 and gate.waiting[0].request == request
+    gate.close()
+    conn.close()
