@@ -1,5 +1,6 @@
 """A TLS connection driven through memory BIOs (`ssl.SSLObject`): one receive system call per burst of
-records, one send per message, where `ssl.SSLSocket` makes two per record (docs/design.md, "TLS").
+records where `ssl.SSLSocket` makes two per record, one send per four records where it makes one per
+record (docs/design.md, "TLS records and system calls").
 
 Used through `net.tls` (`wrap_client`, the receiver's stage); `ssl` is imported only when TLS is used.
 """
