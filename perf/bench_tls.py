@@ -12,12 +12,15 @@ Targets (issue 13): sending 5,000 x 1 KB and 1,000 x 513 KB, at least 1.5x store
 CPU per file no more than storescp's. Run alone: ``python perf/bench_tls.py [--quick] [--repeat N]``;
 writes ``perf/results/tls.json``; ``--only 513k`` runs one scenario. Next to wall time, CPU per file of each
 side: the sender (its process and the workers it waited for) and storescp (the parent, its association
-children, reaped or not), which other load on the machine disturbs far less than wall time.
+children, reaped or not), which other load on the machine disturbs far less than wall time. ``--syscalls``
+adds the TLS receiver's system calls per file (``strace -f -c``), a count no other load moves
+(docs/design.md, "TLS records and system calls").
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,6 +109,36 @@ def receive_once(receiver: str, pki: PKI, corpus: Path, count: int, out: Path) -
     return seconds, cpu
 
 
+def receive_syscalls(pki: PKI, corpus: Path, count: int, out: Path) -> dict[str, float]:
+    """One ``storescu +tls`` into ``batchstore receive --fork +tls`` under ``strace -f -c``: the receiver's
+    system calls per file, by name (those made at least once per ten files). A count, not a time: other
+    load on the machine does not move it."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        f.unlink()
+    summary = out.parent / "strace-receive.txt"
+    with BatchstoreReceiver(out, _server(pki), fork=True) as peer:
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(summary), "-p", str(peer.proc.pid)],
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        time.sleep(1.0)  # attached
+        cmd = [DCMTK_STORESCU, *_client(pki), "+sd", "+r", "127.0.0.1", str(peer.port), str(corpus)]
+        subprocess.run(cmd, env=dcmtk_env(True), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        arrived = wait_count(out, count)
+        time.sleep(0.5)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(30)
+    if arrived != count:
+        raise RuntimeError(f"{arrived} of {count} files arrived")
+    calls: dict[str, float] = {}
+    for line in summary.read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[0][0].isdigit() and fields[-1] != "total":
+            n = int(fields[3]) / count
+            if n >= 0.1:
+                calls[fields[-1]] = round(n, 2)
+    return dict(sorted(calls.items(), key=lambda kv: -kv[1]))
+
+
 def _tree_cpu(proc: psutil.Process, settle: bool = False) -> float:
     """CPU seconds of `proc`, its children (running or exited and not yet reaped: /proc still has their
     times) and the children it has reaped (cutime + cstime). `settle`: first wait (up to 10 s) until no
@@ -128,7 +161,9 @@ def _tree_cpu(proc: psutil.Process, settle: bool = False) -> float:
     return total
 
 
-def run(work: Path, quick: bool = False, repeat: int = 3, only: tuple[str, ...] = ()) -> dict[str, Any]:
+def run(
+    work: Path, quick: bool = False, repeat: int = 3, only: tuple[str, ...] = (), syscalls: bool = False
+) -> dict[str, Any]:
     pki = make_pki(work / "pki")
     repeat = 1 if quick else repeat
     rows: list[list[str]] = []
@@ -155,6 +190,13 @@ def run(work: Path, quick: bool = False, repeat: int = 3, only: tuple[str, ...] 
                          *us["storescu"], *us["batchstore"])])  # fmt: skip
         summary.append(summary_row(f"TLS send {count} x {name}, -j 2", target=">= 1.5x", met=ratio >= 1.5,
                                    dcmtk_s=dcmtk, batchstore_s=ours, ratio=ratio, files=count))  # fmt: skip
+    if syscalls:
+        count = 200 if quick else 2000
+        corpus = make_corpus(work, "tls-recv-syscalls", count, 1024)
+        calls = receive_syscalls(pki, corpus, count, work / "out-tls-syscalls")
+        details["receive_syscalls_per_file"] = calls
+        rows.append([f"receive {count} x 1 KB +tls, strace", "", "", "",
+                     "receiver calls/file: " + ", ".join(f"{k} {v:g}" for k, v in calls.items())])  # fmt: skip
     if only and "receive" not in only:
         return _result(rows, summary, details)
     count = 1000 if quick else 5000
@@ -189,11 +231,13 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="alternating rounds (median)")
     parser.add_argument("--only", action="append", choices=[*SIZES, "receive"], default=[],
                         help="run only this scenario (repeatable)")  # fmt: skip
+    parser.add_argument("--syscalls", action="store_true",
+                        help="also count the TLS receiver's system calls per file (strace -f -c; one storescu)")  # fmt: skip
     parser.add_argument("--work", help="work directory (kept; default: a temporary one)")
     parser.add_argument("--json", default=str(RESULTS / "tls.json"))
     args = parser.parse_args()
     with work_dir(args.work) as work:
-        result = run(work, args.quick, args.repeat, tuple(args.only))
+        result = run(work, args.quick, args.repeat, tuple(args.only), args.syscalls)
     write_json(Path(args.json), {"benchmark": "tls", "quick": args.quick, **result})
     return 0
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from .errors import NetError
 from .pdu import P_DATA_TF, PDV_HEADER, PDUStream
+from .tlsconn import TLSConnection
 
 
 class TLSSetupError(ValueError):
@@ -454,7 +455,7 @@ def describe_handshake_error(exc: BaseException) -> str:
     return f"TLS handshake failed: {exc}"
 
 
-def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, options: TLSOptions) -> ssl.SSLSocket:
+def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, options: TLSOptions) -> TLSConnection:
     """Run the client handshake on a connected socket (within the socket's timeout).
 
     Raises
@@ -464,11 +465,16 @@ def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, options: TLSOptions) -
     OSError
         If the connection fails meanwhile (reset, timeout): transient, as for plain TCP.
     """
+    conn = TLSConnection(sock, ctx, server_side=False, server_hostname=options.request_sni)
     try:
-        return ctx.wrap_socket(sock, server_hostname=options.request_sni)
+        conn.do_handshake()
     except ssl.SSLError as exc:
         sock.close()
         raise TLSHandshakeError(describe_handshake_error(exc)) from None
+    except BaseException:
+        sock.close()
+        raise
+    return conn
 
 
 def client_stream(sock: socket.socket, options: TLSOptions, timeout: float | None) -> TLSPDUStream:
@@ -481,13 +487,14 @@ def client_stream(sock: socket.socket, options: TLSOptions, timeout: float | Non
         As `wrap_client`.
     """
     sock.settimeout(timeout)
-    return TLSPDUStream(wrap_client(sock, client_context(options), options))
+    return TLSPDUStream(wrap_client(sock, client_context(options), options))  # type: ignore[arg-type]
 
 
 class TLSPDUStream(PDUStream):
-    """`PDUStream` over a TLS connection: an `ssl.SSLSocket` has no ``sendmsg`` and decrypts into its own
-    buffer, so writes are joined and "input pending" asks OpenSSL first. Timeouts are Python's (a kernel
-    receive timeout would surface from OpenSSL as a want-read error).
+    """`PDUStream` over a TLS connection (a `TLSConnection`, or an `ssl.SSLSocket`): neither has
+    ``sendmsg`` and both decrypt into their own buffer, so writes are joined and "input pending" asks the
+    connection first. Timeouts of a `TLSConnection` are the kernel's, as over TCP; of an `ssl.SSLSocket`
+    Python's (a kernel receive timeout would surface from OpenSSL as a want-read error).
 
     A C-STORE read from a file goes out through `send_file_pdata`: the file is read straight into place
     between the P-DATA-TF headers of one reused buffer, so the data set is copied once (from the page cache)
@@ -499,12 +506,15 @@ class TLSPDUStream(PDUStream):
 
     def input_pending(self) -> bool:
         sock = self.sock
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if isinstance(sock, (ssl.SSLSocket, TLSConnection)) and sock.pending():
             return True
         return super().input_pending()
 
     def settimeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds if seconds else None)
+        if isinstance(self.sock, TLSConnection):
+            super().settimeout(seconds)
+        else:
+            self.sock.settimeout(seconds if seconds else None)
 
     def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
         data = parts[0] if len(parts) == 1 else b"".join(parts)

@@ -96,7 +96,9 @@ class Gate:
         sock.setblocking(False)
         handshaking = False
         if self.tls_context is not None:
-            sock = self.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            from ..net.tls import TLSConnection  # ssl only with TLS
+
+            sock = TLSConnection(sock, self.tls_context, server_side=True)  # type: ignore[assignment]
             handshaking = True
         pending = Pending(sock, address, time.monotonic(), self.timeout)
         pending.handshaking = handshaking
@@ -151,10 +153,15 @@ class Gate:
     def _handshake(self, pending: Pending) -> bool:
         """Advance the TLS handshake; True once it is complete. A failure is logged and the connection
         closed: nothing of it reaches the DICOM layer."""
+        sock = pending.sock
         try:
-            pending.sock.do_handshake()  # type: ignore[attr-defined]
+            sock.do_handshake()  # type: ignore[attr-defined]
         except OSError as exc:
             if _want_io(exc):
+                # handshake bytes the socket did not take yet: come back when it can take them
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if sock.wants_write else 0)  # type: ignore[attr-defined]
+                if self.selector.get_key(sock).events != events:
+                    self.selector.modify(sock, events, pending)
                 return False
             from ..net.tls import describe_handshake_error
 
@@ -162,6 +169,8 @@ class Gate:
             self._drop(pending, abort=False)
             return False
         pending.handshaking = False
+        if self.selector.get_key(sock).events != selectors.EVENT_READ:
+            self.selector.modify(sock, selectors.EVENT_READ, pending)
         return True
 
     def expire(self, now: float) -> None:
