@@ -183,3 +183,15 @@ def test_pure_python_turns_the_compiled_parse_off() -> None:
     env = {**batchstore_env(), "BATCHSTORE_PURE_PYTHON": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_a_listed_file_swapped_for_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """`scan` reads listed files without a second stat (``regular=True``): a FIFO that took a file's place
+    since it was listed is opened without blocking and refused after its fstat, as before."""
+    fifo = tmp_path / "x.dcm"
+    os.mkfifo(fifo)
+    for regular in (True, False):
+        failure = read_instance(str(fifo), regular=regular)
+        assert not isinstance(failure, Instance) and failure.reason == "not a regular file: FIFO (named pipe)"
+    missing = read_instance(str(tmp_path / "gone.dcm"), regular=True)
+    assert not isinstance(missing, Instance) and missing.reason == "no such file or directory"

@@ -31,6 +31,7 @@ from .walk import (
 )
 
 __all__ = [
+    "COMPILED_SCAN",
     "SMALL_DATASET",
     "Instance",
     "ReadMode",
@@ -214,7 +215,7 @@ def _read_meta(src: Source, pos: int) -> tuple[dict[int, str], int]:
     return values, pos
 
 
-def read_instance(path: str, read_mode: ReadMode | str = "auto") -> Instance | ScanFailure:
+def read_instance(path: str, read_mode: ReadMode | str = "auto", regular: bool = False) -> Instance | ScanFailure:
     """Read the header of one file: SOP class and instance, transfer syntax, data set offset.
 
     Parameters
@@ -227,6 +228,10 @@ def read_instance(path: str, read_mode: ReadMode | str = "auto") -> Instance | S
         reads it) and ``-f`` (a bare data set). A file that does have a preamble and
         "DICM" prefix is read as file format in every mode: sending its meta information as part
         of the data set would corrupt it.
+    regular : bool
+        The caller has just seen a regular file at `path` (`sender.inputs.iter_paths` does, with the
+        stat or directory entry it lists it from): the first ``stat`` is skipped. The file is still
+        opened without blocking and checked with ``fstat``, as for any path.
 
     Returns
     -------
@@ -236,14 +241,15 @@ def read_instance(path: str, read_mode: ReadMode | str = "auto") -> Instance | S
     """
     # A FIFO, socket or device is never opened: opening a FIFO blocks until a writer comes, and opening
     # a device can have effects. stat first; O_NONBLOCK covers a file swapped for a FIFO in between.
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return ScanFailure(path, "no such file or directory")
-    except OSError as exc:
-        return ScanFailure(path, f"cannot read: {exc.strerror or exc}")
-    if not stat.S_ISREG(st.st_mode):
-        return _not_regular(path, st.st_mode)
+    if not regular:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return ScanFailure(path, "no such file or directory")
+        except OSError as exc:
+            return ScanFailure(path, f"cannot read: {exc.strerror or exc}")
+        if not stat.S_ISREG(st.st_mode):
+            return _not_regular(path, st.st_mode)
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
@@ -305,6 +311,8 @@ def _compiled_scan() -> Callable[[bytes, int], tuple[str, str, str, int] | None]
 #: first read, in C: (SOP class, SOP instance, transfer syntax, data set offset), or None where the Python
 #: parser must look (anything else, every error). perf/bench_parser.py: ~4x faster per file.
 _SCAN_COMPILED = _compiled_scan()
+#: True when `read_instance` parses the usual file in C.
+COMPILED_SCAN: Final = _SCAN_COMPILED is not None
 
 
 def _parse(path: str, src: Source, read_mode: str, st: os.stat_result) -> Instance | ScanFailure:
