@@ -1,4 +1,4 @@
-/* The compiled twins of two hot loops (docs/design.md, "A compiled walker").
+/* The compiled twins of three hot loops (docs/design.md, "A compiled walker").
  *
  * skip_plain_explicit_le(buf, pos) returns the position of the first element in `buf` from `pos` that
  * is not an ordinary, defined-length explicit VR little endian element whose value fits, exactly as the
@@ -13,10 +13,14 @@
  * of a file of `size` bytes). It returns (SOP class, SOP instance, transfer syntax, data set offset), or
  * None for anything else, and the Python parser then reads the file as it always did: this function
  * only ever answers what the Python one would, and declines where it would take a second look.
+ *
+ * store_response(data, start) reads the three values a Storage SCU needs from a C-STORE-RSP command set,
+ * as net.dimse.decode_command does, without building its Command (the sender's per-file case).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 /* VR kind per two-byte VR (first byte * 256 + second): 0 unknown, 1 short (2-byte length), 2 long. */
@@ -310,19 +314,84 @@ decline:
     Py_RETURN_NONE;
 }
 
+/* ---- store_response ----------------------------------------------------------------------------- */
+
+/* store_response(data, start) -> (message ID being responded to, status or None, error comment): the three
+ * values of the command set data[start:] that a Storage SCU needs from a C-STORE-RSP, read exactly as
+ * net.dimse.decode_command reads a command set (implicit VR little endian elements of group 0000, the
+ * same ValueError for a truncated or malformed one, the last of repeated elements counts, a value shorter
+ * than 2 bytes leaves the default: 0, None; the comment without trailing NULs and spaces, ASCII with
+ * U+FFFD for other bytes). */
+static PyObject *
+store_response(PyObject *self, PyObject *args)
+{
+    Py_buffer view;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "y*n:store_response", &view, &start))
+        return NULL;
+    const unsigned char *buf = (const unsigned char *)view.buf;
+    int64_t end = view.len, offset = start < 0 ? 0 : start;
+    long responded = 0, status = -1;
+    const unsigned char *comment = NULL;
+    int64_t comment_len = 0;
+    while (offset < end) {
+        if (offset + 8 > end) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_ValueError, "truncated command set");
+            return NULL;
+        }
+        uint32_t group = u16le(buf + offset), elem = u16le(buf + offset + 2), length = u32le(buf + offset + 4);
+        int64_t value = offset + 8, stop = value + (int64_t)length;
+        if (group != 0 || stop > end) {
+            PyBuffer_Release(&view);
+            char message[64]; /* PyErr_Format has no %X */
+            snprintf(message, sizeof message, "malformed command element (%04X,%04X)", (unsigned)group,
+                     (unsigned)elem);
+            PyErr_SetString(PyExc_ValueError, message);
+            return NULL;
+        }
+        if (elem == 0x0120)
+            responded = length >= 2 ? (long)u16le(buf + value) : 0;
+        else if (elem == 0x0900)
+            status = length >= 2 ? (long)u16le(buf + value) : -1;
+        else if (elem == 0x0902) {
+            comment = buf + value;
+            comment_len = length;
+        }
+        offset = stop;
+    }
+    while (comment_len > 0 && (comment[comment_len - 1] == 0 || comment[comment_len - 1] == ' '))
+        comment_len--;
+    PyObject *text = PyUnicode_DecodeASCII((const char *)(comment ? comment : buf), (Py_ssize_t)comment_len,
+                                           "replace");
+    PyBuffer_Release(&view);
+    if (text == NULL)
+        return NULL;
+    PyObject *result;
+    if (status < 0)
+        result = Py_BuildValue("(lOO)", responded, Py_None, text);
+    else
+        result = Py_BuildValue("(llO)", responded, status, text);
+    Py_DECREF(text);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"skip_plain_explicit_le", skip_plain_explicit_le, METH_VARARGS,
      "skip_plain_explicit_le(buf, pos) -> int: walk.skip_plain_explicit_le, compiled."},
     {"scan_part10", scan_part10, METH_VARARGS,
      "scan_part10(head, size) -> (sop_class, sop_instance, transfer_syntax, offset) or None: part10._parse, "
      "compiled, for the usual file."},
+    {"store_response", store_response, METH_VARARGS,
+     "store_response(data, start) -> (message_id_responded, status, error_comment): a C-STORE-RSP's values, "
+     "read as net.dimse.decode_command reads them."},
     {"set_vrs", set_vrs, METH_VARARGS, "set_vrs(all_vrs, long_vrs): the VRs the walker knows."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "batchstore.dicom._walkfast",
-    "The compiled twins of walk.skip_plain_explicit_le and part10._parse's usual case.", -1, methods,
+    "The compiled twins of walk.skip_plain_explicit_le, part10._parse's usual case and a C-STORE-RSP's reading.", -1, methods,
 };
 
 PyMODINIT_FUNC

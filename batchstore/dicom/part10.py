@@ -550,6 +550,8 @@ def verify_bytes(data: bytes, transfer_syntax: str) -> str | None:
 
     A deflated data set is not checked here (use `verify_dataset` on the file).
     """
+    if transfer_syntax == EXPLICIT_VR_LE and skip_plain_explicit_le(data, 0) == len(data):
+        return None  # the usual 1 KB file: every element plain, as `_verify` would find after its skip
     if transfer_syntax == DEFLATED_EXPLICIT_VR_LE:
         return None
     return _verify(Source(-1, len(data), bytes(data)), 0, transfer_syntax)
