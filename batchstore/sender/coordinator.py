@@ -79,7 +79,8 @@ class _Slot:
     """A worker as the coordinator sees it.
 
     A plain class, not a dataclass: creating a dataclass runs its generated methods' source through
-    `exec`, 2-4 ms of every send's start-up for this one (docs/design.md, "Small runs").
+    `exec` at import, about 5 million instructions of every send's start-up for this one
+    (docs/design.md, "Small runs").
     """
 
     __slots__ = (

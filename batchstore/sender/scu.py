@@ -409,7 +409,7 @@ def _compiled_store_response() -> Callable[[bytes | bytearray, int], tuple[int, 
 
 
 #: `_store_response_py` in C (docs/design.md, "A compiled walker"): the same values and `ValueError`s as
-#: `dimse.decode_command`, without building a `dimse.Command` (~4 us of a 1 KB file's ~60 us in Python).
+#: `dimse.decode_command`, without building a `dimse.Command` (which took ~3.7 us per response).
 _store_response = _compiled_store_response() or _store_response_py
 
 
