@@ -121,7 +121,7 @@ def run_scenario(name: str, work: Path, workers: int, quick: bool, repeat: int =
     corpus = make_corpus(work, name, count, spec["size"])
     peer_nodelay = not spec["peer_nagle"]
 
-    def deliver(cmd_for_port, env: dict[str, str], label: str) -> float:
+    def deliver(cmd_for_port, env: dict[str, str], label: str, cpu: list[float] | None = None) -> float:
         if spec["peer"] == "orthanc":
             return send_to_orthanc(cmd_for_port, env, count, peer_nodelay=peer_nodelay)
         out = (
@@ -130,7 +130,9 @@ def run_scenario(name: str, work: Path, workers: int, quick: bool, repeat: int =
             else work / f"out-{name}-{label}"
         )
         try:
-            return send_to_storescp(cmd_for_port, env, out, count, peer_nodelay=peer_nodelay, scp_args=[])
+            return send_to_storescp(
+                cmd_for_port, env, out, count, peer_nodelay=peer_nodelay, scp_args=[], cpu=cpu
+            )
         finally:
             shutil.rmtree(out, ignore_errors=True)
 
@@ -147,15 +149,27 @@ def run_scenario(name: str, work: Path, workers: int, quick: bool, repeat: int =
     dcmtk_variants = [("fair", True)] if peer_nodelay else [("deployed", False), ("fair", True)]
     rounds = max(1, repeat) if peer_nodelay else 1
     runs: dict[str, list[float]] = {}
+    # The senders' CPU seconds (storescp's not included): on a shared 2-core machine wall times swing with
+    # the other processes, CPU time much less; the summary's note gives the medians (storescp peers only).
+    cpu: dict[str, list[float]] = {}
     for _ in range(rounds):
         for variant, nodelay in dcmtk_variants:
-            seconds = deliver(lambda port: _storescu(port, corpus), dcmtk_env(nodelay), f"dcmtk-{variant}")
+            seconds = deliver(
+                lambda port: _storescu(port, corpus), dcmtk_env(nodelay), f"dcmtk-{variant}",
+                cpu.setdefault(f"dcmtk_{variant}_cpu_s", []),
+            )  # fmt: skip
             runs.setdefault(f"dcmtk_{variant}_s", []).append(round(seconds, 3))
-        seconds = deliver(lambda port: _batchstore(port, corpus, workers), batchstore_env(), "batchstore")
+        seconds = deliver(
+            lambda port: _batchstore(port, corpus, workers), batchstore_env(), "batchstore",
+            cpu.setdefault("batchstore_cpu_s", []),
+        )  # fmt: skip
         runs.setdefault("batchstore_s", []).append(round(seconds, 3))
     for key, values in runs.items():
         row[key] = statistics.median(values)
         row[key.replace("_s", "_runs_s")] = values
+    for key, values in cpu.items():
+        if values:
+            row[key] = round(statistics.median(values), 3)
     seconds = row["batchstore_s"]
     row["batchstore_files_per_s"] = round(count / seconds, 1)
     main_variant = "fair" if peer_nodelay else "deployed"
@@ -187,6 +201,11 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ratio=r["ratio"],
                 target="-" if target is None else f">= {target:g}x",
                 met=None if target is None else r["ratio"] >= target,
+                note=(
+                    f"sender CPU {r['batchstore_cpu_s']:.2f} s vs storescu {r['dcmtk_fair_cpu_s']:.2f} s"
+                    if "batchstore_cpu_s" in r and "dcmtk_fair_cpu_s" in r
+                    else ""
+                ),
             )
         )
         if not r["peer_tcp_nodelay"]:

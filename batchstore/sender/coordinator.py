@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
@@ -75,21 +75,33 @@ class WorkerHandle(Protocol):
     def is_alive(self) -> bool: ...
 
 
-@dataclass
 class _Slot:
-    process: WorkerHandle
-    conn: Any  # a multiprocessing Connection; `cluster.py`'s channel has its send()
-    batch: Batch | None = None
-    start_index: int = 0
-    done_in_batch: int = 0
-    finished: bool = False
-    idle: bool = False  # said "ready" and has no batch yet
-    connecting: bool = False  # told to associate; no batch yet
-    group: int = -1  # the context group its association holds (-1: none)
-    connected: bool = False  # holds an association (as far as the coordinator knows)
-    assoc_failures: int = 0  # association failures in a row
-    parked_until: float = 0.0  # no batch before this time (backoff after an association failure)
-    later: set[str] | None = None  # paths of its batch sent back with `Later` (requeued already)
+    """A worker as the coordinator sees it.
+
+    A plain class, not a dataclass: creating a dataclass runs its generated methods' source through
+    `exec` at import, about 5 million instructions of every send's start-up for this one
+    (docs/design.md, "Small runs").
+    """
+
+    __slots__ = (
+        "process", "conn", "batch", "start_index", "done_in_batch", "finished", "idle", "connecting",
+        "group", "connected", "assoc_failures", "parked_until", "later",
+    )  # fmt: skip
+
+    def __init__(self, process: WorkerHandle, conn: Any, idle: bool = False) -> None:
+        self.process = process
+        self.conn: Any = conn  # a multiprocessing Connection; `cluster.py`'s channel has its send()
+        self.batch: Batch | None = None
+        self.start_index = 0
+        self.done_in_batch = 0
+        self.finished = False
+        self.idle = idle  # said "ready" and has no batch yet
+        self.connecting = False  # told to associate; no batch yet
+        self.group = -1  # the context group its association holds (-1: none)
+        self.connected = False  # holds an association (as far as the coordinator knows)
+        self.assoc_failures = 0  # association failures in a row
+        self.parked_until = 0.0  # no batch before this time (backoff after an association failure)
+        self.later: set[str] | None = None  # paths of its batch sent back with `Later` (requeued already)
 
 
 class Coordinator:

@@ -41,7 +41,9 @@ def iter_paths(
     Yields
     ------
     str or ScanFailure
-        Paths (as given, or joined onto the directory as given), directory entries sorted by name.
+        Paths (as given, or joined onto the directory as given), directory entries sorted by name. A
+        path is yielded only when its stat or directory entry showed a regular file (so `scan.scan`
+        reads it with ``read_instance(..., regular=True)``, without a second ``stat``).
     """
     for arg in inputs:
         try:

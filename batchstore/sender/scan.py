@@ -12,7 +12,7 @@ import signal
 from collections.abc import Iterable
 from typing import Final
 
-from ..dicom.part10 import Instance, ReadMode, ScanFailure, read_instance
+from ..dicom.part10 import COMPILED_SCAN, Instance, ReadMode, ScanFailure, read_instance
 from .inputs import DIRECTORY_NOT_SCANNED, iter_paths
 
 __all__ = ["MAX_SCAN_JOBS", "PARALLEL_SCAN_MIN", "scan", "scan_jobs"]
@@ -21,8 +21,10 @@ log = logging.getLogger("batchstore")
 
 
 #: Below this many files the scan reads headers in one process: a fork and the pickled results cost
-#: more than they save (perf/: ~3 ms fixed, ~2 us per file, against ~20 us per file read).
-PARALLEL_SCAN_MIN: Final = 1000
+#: more than they save (~3 ms fixed, ~3.5 us per file pickled and unpickled, against ~10 us per file
+#: read with the compiled header parse, ~20 us with the Python one). docs/design.md, "Scan reads headers
+#: only".
+PARALLEL_SCAN_MIN: Final = 10_000 if COMPILED_SCAN else 1000
 #: At most this many processes read headers (the coordinator and its forks).
 MAX_SCAN_JOBS: Final = 4
 
@@ -79,7 +81,7 @@ def scan(
     if jobs > 1 and len(paths) >= PARALLEL_SCAN_MIN and hasattr(os, "fork"):
         read = iter(_read_parallel(paths, read_mode, jobs))
     else:
-        read = (read_instance(path, read_mode) for path in paths)
+        read = (read_instance(path, read_mode, True) for path in paths)
     instances: list[Instance] = []
     failures: list[ScanFailure] = []
     for item in items:
@@ -144,7 +146,7 @@ def _read_parallel(paths: list[str], read_mode: str, jobs: int) -> list[Instance
             try:
                 os.close(r)
                 data = pickle.dumps(
-                    [read_instance(path, read_mode) for path in share], pickle.HIGHEST_PROTOCOL
+                    [read_instance(path, read_mode, True) for path in share], pickle.HIGHEST_PROTOCOL
                 )
                 view = memoryview(data)
                 while view:
@@ -155,11 +157,13 @@ def _read_parallel(paths: list[str], read_mode: str, jobs: int) -> list[Instance
         os.close(w)
         children.append((pid, r))
     try:
-        results = [read_instance(path, read_mode) for path in shares[0]]
+        results = [read_instance(path, read_mode, True) for path in shares[0]]
         for k, share in enumerate(shares[1:]):
             child, children[k] = children[k], None  # _collect closes and reaps it, whatever happens
             part = _collect(child, len(share)) if child is not None else None
-            results.extend(part if part is not None else (read_instance(path, read_mode) for path in share))
+            if part is None:
+                part = [read_instance(path, read_mode, True) for path in share]
+            results.extend(part)
     finally:  # interrupted (Ctrl-C): no fork is left running or unreaped
         for child in children:
             if child is not None:

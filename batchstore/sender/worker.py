@@ -444,7 +444,10 @@ class Worker:
             decoded = False
             try:
                 if mode == "as-is" and not config.edits.any:
-                    rsp = self._store_as_is(scu, context_id, inst, data)
+                    if data is not None:  # the usual small file, read and checked above
+                        rsp = scu.store_bytes(context_id, inst.sop_class_uid, uid, data)
+                    else:
+                        rsp = self._store_as_is(scu, context_id, inst, data)
                 else:
                     picked = self._convert(inst, choices, index)
                     if isinstance(picked, str):
@@ -486,7 +489,8 @@ class Worker:
                     sent_ts=send_ts,
                     duration_ms=(time.perf_counter() - start) * 1000,
                 )
-            category = st.classify_status(rsp.status)
+            status = rsp.status
+            category = st.SUCCESS if status == 0 else st.classify_status(status)
             error = ""
             if category != st.SUCCESS:
                 error = st.status_text(rsp.status) + (f": {rsp.error_comment}" if rsp.error_comment else "")
@@ -503,19 +507,23 @@ class Worker:
                         category = st.PERMANENT
                 if category != st.WARNING:
                     self._failures += 1
-            return Outcome.of(
-                inst,
-                category,
-                worker=self.id,
+            # Outcome itself rather than Outcome.of: the per-file case, without a keyword dictionary
+            return Outcome(
+                path=inst.path,
+                sop_class_uid=inst.sop_class_uid,
                 sop_instance_uid=uid,
-                status=rsp.status,
-                error=error,
-                attempts=attempts,
-                association=self.local_assoc,
-                context_id=context_id,
+                original_ts=inst.transfer_syntax,
                 sent_ts=send_ts,
                 pixels_decoded=decoded,
+                category=category,
+                status=status,
+                error=error,
+                association=self.local_assoc,
+                context_id=context_id,
                 duration_ms=(time.perf_counter() - start) * 1000,
+                attempts=attempts,
+                worker=self.id,
+                size=inst.size,
             )
 
     def _store_as_is(
