@@ -151,6 +151,33 @@ def test_minus_j_bounds_the_associations_across_the_cluster(
         assert scp.associations == len(report.associations) == 1
 
 
+@pytest.mark.parametrize("events", ["lost", "twice"])
+def test_task_events_lost_or_repeated_count_each_file_once(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], monkeypatch: pytest.MonkeyPatch, events: str
+) -> None:
+    """Outcomes come back as each task's event. Without events (`lost`) the coordinator fetches the
+    tasks' results; an event that comes twice (`twice`: a task Dask ran again) counts once."""
+    from batchstore.sender import cluster
+
+    on_event = cluster.ClusterCoordinator._on_event
+
+    def patched(self: cluster.ClusterCoordinator, event: tuple) -> None:
+        for _ in range(0 if events == "lost" else 2):
+            on_event(self, event)
+
+    monkeypatch.setattr(cluster.ClusterCoordinator, "_on_event", patched)
+    path, uids = corpus
+    with ScriptedSCP() as scp:
+        report = batchstore.send(
+            [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=2,
+            batch_size=BATCH, scan_directories=True, recurse=True, halt_on_failure=False,
+        )  # fmt: skip
+        assert report.exit_code() == EXIT_OK
+        assert set(scp.stored) == uids
+    assert sorted(o.sop_instance_uid for o in report.outcomes) == sorted(uids)
+    assert report.delivered == FILES
+
+
 def test_peer_association_limit_lowers_concurrency_across_the_cluster(
     dask_cluster: DaskCluster, corpus: tuple[Path, set[str]]
 ) -> None:

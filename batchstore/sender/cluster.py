@@ -5,15 +5,18 @@ The coordinator is `coordinator.Coordinator` with another transport (docs/design
 - A slot is one association: at most ``-j`` of them across the cluster. Each slot lives on one Dask worker
   (placed where the fewest slots are per worker thread) and every message the coordinator would send a
   worker process (`RunBatch`, `Connect`, `Stop`) becomes a task restricted to that Dask worker.
-- On the Dask worker, the task finds the slot's `worker.Worker` in process-wide state (`_HELD`): the
-  association it opened in an earlier task is still open, so a peer sees one association per slot, not
-  one per batch. What the worker would tell the coordinator is returned by the task, and the coordinator
-  handles it as it handles a worker process's messages (adaptive concurrency, give-back, retries).
+- On the Dask worker (`cluster_task.run_task`), the task finds the slot's `worker.Worker` in process-wide
+  state: the association it opened in an earlier task is still open, so a peer sees one association per
+  slot, not one per batch. What the worker would tell the coordinator comes back as an event of the run's
+  topic (sooner than the task's result, which is fetched only if the event has not come when Dask says
+  the task finished), and the coordinator handles it as it handles a worker process's messages
+  (adaptive concurrency, give-back, retries).
 - A Dask worker killed mid-batch loses its task's outcomes with it: Dask runs the task again on another
   worker (a loose restriction), which sends the whole batch (C-STORE is idempotent) and returns its
   outcomes once, so the journal records every file once. If Dask gives up on the task, the coordinator
   requeues the batch as it does for a dead worker process.
-- A slot's next batch is submitted while its current one runs (`ClusterCoordinator._queue_next`), so its
+- A slot's first batch goes in the same task as its `Connect`. Its next batch is submitted while its
+  current one runs (`ClusterCoordinator._queue_next`), so its
   Dask worker starts it as soon as the current one ends instead of idling while a result travels to the
   coordinator and a new task back. A queued batch runs only on the association its slot holds; if there
   is none (it failed, the task moved to another worker) or the run halted, the task hands the batch back
@@ -25,7 +28,7 @@ The coordinator is `coordinator.Coordinator` with another transport (docs/design
   `Event` for the run, which a batch that starts on a Dask worker without its slot (one that joined after
   the broadcast) looks at once.
 
-Dask is imported only here, and this module only with ``--cluster``.
+Dask is imported only here and in `cluster_task`, and these modules only with ``--cluster``.
 """
 
 from __future__ import annotations
@@ -99,8 +102,10 @@ class Cluster:
     _workers: dict[str, int] = field(default_factory=dict)
     _seen: float = 0.0
 
-    def workers(self, max_age: float = 1.0) -> dict[str, int]:
-        """Address -> threads of every Dask worker, at most `max_age` seconds old."""
+    def workers(self, max_age: float = 5.0) -> dict[str, int]:
+        """Address -> threads of every Dask worker, at most `max_age` seconds old (each look is a round
+        trip to the scheduler; a worker that left in the meantime only costs a task that Dask runs on
+        another worker)."""
         now = time.monotonic()
         if now - self._seen > max_age:
             info = self.client.scheduler_info(n_workers=-1)
@@ -216,6 +221,10 @@ class _Part:
     def done(self) -> bool:
         return self.task.said is not None or bool(self.task.future.done())
 
+    def ended_quietly(self) -> bool:
+        """The task ended, and its event has not come (it failed, or the event is late)."""
+        return self.task.said is None and self.task.future is not None and bool(self.task.future.done())
+
     def result(self) -> tuple[str, bytes | None]:
         """The Dask worker's address, and what the worker said (pickled; None: a queued batch not run)."""
         if self.task.said is None:
@@ -288,7 +297,7 @@ class _SlotChannel:
         task = _Task(None)
         waited = _Part(task)
         owner.waiting[key] = (self.wid, waited)  # before the task exists: its event may come at once
-        task.future = future = owner.cluster.client.submit(
+        task.future = owner.cluster.client.submit(
             run_task,
             owner.run_id,
             self.wid,
@@ -302,8 +311,6 @@ class _SlotChannel:
             pure=False,
             key=key,
         )
-        wid = self.wid
-        future.add_done_callback(lambda _f: owner.done.put((wid, waited)))  # failed, or no event came
         return waited
 
 
@@ -470,10 +477,18 @@ class ClusterCoordinator(Coordinator):
         super()._worker_died(wid, slot)  # its current batch goes in front of the queued ones
 
     def _poll(self) -> None:
-        try:
-            items = [self.done.get(timeout=0.2)]
-        except queue.Empty:
-            return
+        # tasks that ended without their event: failed, or finished before it came (their result is
+        # fetched); looked at here rather than in a Dask done-callback, a thread hop per task
+        items = [
+            (wid, slot.conn.future)
+            for wid, slot in self.slots.items()
+            if not slot.finished and slot.conn.future is not None and slot.conn.future.ended_quietly()
+        ]
+        if not items:
+            try:
+                items = [self.done.get(timeout=0.2)]
+            except queue.Empty:
+                return
         while True:
             try:
                 items.append(self.done.get_nowait())
