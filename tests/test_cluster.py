@@ -137,18 +137,25 @@ def test_scheduler_and_two_workers(
     assert scp.peak_associations() <= 2
 
 
-def test_minus_j_bounds_the_associations_across_the_cluster(
-    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]]
-) -> None:
+def send_to_scripted(dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], workers: int) -> tuple:
+    """`batchstore.send` of the corpus over the Dask cluster to a `ScriptedSCP`, with `-nh`: the report
+    and the peer, after checking that every file arrived and the exit code is 0."""
     path, uids = corpus
     with ScriptedSCP() as scp:
         report = batchstore.send(
-            [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=1,
+            [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=workers,
             batch_size=BATCH, scan_directories=True, recurse=True, halt_on_failure=False,
         )  # fmt: skip
-        assert report.exit_code() == EXIT_OK
-        assert set(scp.stored) == uids
-        assert scp.associations == len(report.associations) == 1
+    assert report.exit_code() == EXIT_OK
+    assert set(scp.stored) == uids
+    return report, scp
+
+
+def test_minus_j_bounds_the_associations_across_the_cluster(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]]
+) -> None:
+    report, scp = send_to_scripted(dask_cluster, corpus, workers=1)
+    assert scp.associations == len(report.associations) == 1
 
 
 @pytest.mark.parametrize("events", ["lost", "twice"])
@@ -166,15 +173,8 @@ def test_task_events_lost_or_repeated_count_each_file_once(
             on_event(self, event)
 
     monkeypatch.setattr(cluster.ClusterCoordinator, "_on_event", patched)
-    path, uids = corpus
-    with ScriptedSCP() as scp:
-        report = batchstore.send(
-            [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=2,
-            batch_size=BATCH, scan_directories=True, recurse=True, halt_on_failure=False,
-        )  # fmt: skip
-        assert report.exit_code() == EXIT_OK
-        assert set(scp.stored) == uids
-    assert sorted(o.sop_instance_uid for o in report.outcomes) == sorted(uids)
+    report, _scp = send_to_scripted(dask_cluster, corpus, workers=2)
+    assert sorted(o.sop_instance_uid for o in report.outcomes) == sorted(corpus[1])
     assert report.delivered == FILES
 
 
