@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import cluster_task
@@ -58,6 +58,9 @@ log = logging.getLogger("batchstore.dispatch")
 #: How long to wait for a scheduler, and for a LocalCluster's workers, before giving up.
 CONNECT_TIMEOUT = 10.0
 
+
+#: The last batches of a run are cut in two when each half has at least this many files (`_halve_tail`).
+TAIL_HALF_MIN = 20
 
 #: A LocalCluster's Dask settings (``local:N``). Dask's statistical profiler samples every worker thread 100
 #: times a second, and its event-loop watchdog, system monitor and memory monitor wake every process 50, 2
@@ -349,6 +352,7 @@ class ClusterCoordinator(Coordinator):
         self.topic = results_topic(self.run_id)
         #: task key -> the slot and what it waits for, until the task's event arrives (`_on_event`)
         self.waiting: dict[str, tuple[int, _Part]] = {}
+        self._tail_halved = False
 
     def set_halt(self) -> None:
         if not self._halt_set:
@@ -408,6 +412,7 @@ class ClusterCoordinator(Coordinator):
         self.slots[wid] = _Slot(_TaskHandle(), channel, idle=True)
 
     def _dispatch(self) -> None:
+        self._halve_tail()
         super()._dispatch()
         self._queue_next()
         for slot in self.slots.values():  # a `Connect` no batch went with
@@ -442,6 +447,28 @@ class ClusterCoordinator(Coordinator):
                     channel.submit_connect(then=(batch, start))
                 else:
                     channel.queue(batch, start)
+
+    def _halve_tail(self) -> None:
+        """Once, when no more batches are queued than there are slots: cut each in two halves. A run
+        ends when its slowest slot does, up to a batch after the others on a host where two Dask
+        workers' speeds differ (batches up to 500 files on a cluster, `api.AUTO_BATCH_FILES_CLUSTER`):
+        two more tasks per run halve that."""
+        if self._tail_halved or self.halted:
+            return
+        live = sum(1 for s in self.slots.values() if not s.finished)
+        if not live or sum(len(q) for q in self.queues.values()) > live:
+            return
+        self._tail_halved = True
+        for group, pending in self.queues.items():
+            cut: deque[tuple[Batch, int]] = deque()
+            for batch, start in pending:
+                half = len(batch.instances) // 2
+                if id(batch) in self._retry_of or half < TAIL_HALF_MIN:
+                    cut.append((batch, start))
+                    continue
+                for part, at in ((batch.instances[:half], start), (batch.instances[half:], start + half)):
+                    cut.append((replace(batch, instances=part, nbytes=sum(i.size for i in part)), at))
+            self.queues[group] = cut
 
     def _promote(self, wid: int, slot: _Slot) -> None:
         """The slot's current task ended: its first queued batch is now its batch."""
