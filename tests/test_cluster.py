@@ -137,14 +137,16 @@ def test_scheduler_and_two_workers(
     assert scp.peak_associations() <= 2
 
 
-def send_to_scripted(dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], workers: int) -> tuple:
+def send_to_scripted(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], workers: int, batch_size: int = BATCH
+) -> tuple:
     """`batchstore.send` of the corpus over the Dask cluster to a `ScriptedSCP`, with `-nh`: the report
     and the peer, after checking that every file arrived and the exit code is 0."""
     path, uids = corpus
     with ScriptedSCP() as scp:
         report = batchstore.send(
             [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=workers,
-            batch_size=BATCH, scan_directories=True, recurse=True, halt_on_failure=False,
+            batch_size=batch_size, scan_directories=True, recurse=True, halt_on_failure=False,
         )  # fmt: skip
     assert report.exit_code() == EXIT_OK
     assert set(scp.stored) == uids
@@ -174,6 +176,28 @@ def test_task_events_lost_or_repeated_count_each_file_once(
 
     monkeypatch.setattr(cluster.ClusterCoordinator, "_on_event", patched)
     report, _scp = send_to_scripted(dask_cluster, corpus, workers=2)
+    assert sorted(o.sop_instance_uid for o in report.outcomes) == sorted(corpus[1])
+    assert report.delivered == FILES
+
+
+def test_last_batches_are_cut_in_two_and_every_file_counts_once(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four batches of 60 on two slots: when two are left, they become four of 30 (a slow slot then
+    holds the run up for half a batch, not a whole one); each file is sent and reported once."""
+    from batchstore.sender import cluster
+
+    halve, seen = cluster.ClusterCoordinator._halve_tail, []
+
+    def spied(self: cluster.ClusterCoordinator) -> None:
+        before = [len(b.instances) for q in self.queues.values() for b, _ in q]
+        halve(self)
+        if self._tail_halved and not seen:
+            seen.append((before, [len(b.instances) for q in self.queues.values() for b, _ in q]))
+
+    monkeypatch.setattr(cluster.ClusterCoordinator, "_halve_tail", spied)
+    report, _scp = send_to_scripted(dask_cluster, corpus, workers=2, batch_size=60)
+    assert seen == [([60, 60], [30, 30, 30, 30])]
     assert sorted(o.sop_instance_uid for o in report.outcomes) == sorted(corpus[1])
     assert report.delivered == FILES
 
