@@ -180,6 +180,22 @@ def test_task_events_lost_or_repeated_count_each_file_once(
     assert report.delivered == FILES
 
 
+def test_the_scheduler_keeps_no_outcomes_after_the_run(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes travel as Dask events, of which a scheduler keeps the last 1,000 per topic: a run drops
+    them as it goes (here every 3 tasks) and at its end, so a long-lived scheduler does not keep them."""
+    from distributed import Client
+
+    from batchstore.sender import cluster
+
+    monkeypatch.setattr(cluster, "FORGET_EVENTS_EVERY", 3)
+    send_to_scripted(dask_cluster, corpus, workers=2)
+    with Client(dask_cluster.address, timeout=10) as client:
+        kept = {topic: len(events) for topic, events in client.get_events().items() if "batchstore" in topic}
+    assert not any(kept.values()), kept
+
+
 def test_last_batches_are_cut_in_two_and_every_file_counts_once(
     dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

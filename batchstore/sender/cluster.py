@@ -59,6 +59,9 @@ log = logging.getLogger("batchstore.dispatch")
 CONNECT_TIMEOUT = 10.0
 
 
+#: The scheduler's copy of a run's events is dropped after this many (each holds a batch's outcomes,
+#: about 100 KB for 500 files; Dask keeps up to 1,000 per topic).
+FORGET_EVENTS_EVERY = 200
 #: The last batches of a run are cut in two when each half has at least this many files (`_halve_tail`).
 TAIL_HALF_MIN = 20
 
@@ -353,6 +356,7 @@ class ClusterCoordinator(Coordinator):
         #: task key -> the slot and what it waits for, until the task's event arrives (`_on_event`)
         self.waiting: dict[str, tuple[int, _Part]] = {}
         self._tail_halved = False
+        self._events = 0  # tasks whose outcomes came as events, for `_forget_events`
 
     def set_halt(self) -> None:
         if not self._halt_set:
@@ -375,13 +379,23 @@ class ClusterCoordinator(Coordinator):
         finally:
             with contextlib.suppress(Exception):
                 client.unsubscribe_topic(self.topic)
-                if self.cluster.local is None:  # a scheduler that outlives the run: its copy of the events
-                    client.run_on_scheduler(_forget_events(self.topic))
+            if self.cluster.local is None:  # a scheduler that outlives the run: its copy of the events
+                self._forget_events()
             if self._halt_set:  # the scheduler forgets a cleared event nobody waits on
                 from distributed import Event
 
                 with contextlib.suppress(Exception):
                     Event(self.halt_event, client=client).clear()
+
+    def _forget_events(self) -> None:
+        """Drop the scheduler's copy of the run's events (best effort: Dask's event log is internal). A
+        LocalCluster's scheduler is in this process."""
+        with contextlib.suppress(Exception):
+            forget = _forget_events(self.topic)
+            if self.cluster.local is not None:
+                forget(dask_scheduler=self.cluster.local.scheduler)
+            else:
+                self.cluster.client.run_on_scheduler(forget)
 
     def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
         """A task's event (in the Dask client's thread): what its messages did, for `_poll`. A task that
@@ -526,7 +540,10 @@ class ClusterCoordinator(Coordinator):
             if slot.finished or future is not slot.conn.future:
                 continue  # a queued task's result waits for its promotion; a result seen twice, once
             slot.conn.future = None
-            self.waiting.pop(future.key, None)
+            if self.waiting.pop(future.key, None) is None:  # its event came
+                self._events += 1
+                if self._events % FORGET_EVENTS_EVERY == 0:
+                    self._forget_events()
             if future.status == "finished":
                 address, blob = future.result()
                 if blob is None:  # a queued batch its task did not send: no association there, or halted
