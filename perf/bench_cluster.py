@@ -70,10 +70,10 @@ def _drive(spec: str, port: int, corpus: str) -> None:
         return total
 
     def on_plan(plan: Any, failures: object) -> None:
+        marks["cpu_plan"] = cpu_now()  # first: reading every process's CPU is no part of the send phase
         marks["plan"] = time.perf_counter()
         marks["expected"] = sum(len(b.instances) for b in plan.batches)
         marks["done"] = 0
-        marks["cpu_plan"] = cpu_now()
 
     def on_outcomes(chunk: list) -> None:
         marks["last"] = time.perf_counter()
@@ -185,6 +185,9 @@ def run(work: Path, quick: bool = False, rounds: int = 3, sections: tuple[str, .
     for name, corpus, count in (("1k", c1k, n1k), ("513k", c513k, n513k)) if "overhead" in sections else ():
         rows = medians(("-j 2", "local:2"), corpus, count, out, overhead_rounds)
         ratio = rows[1]["files_per_s"] / rows[0]["files_per_s"]
+        # each round's own ratio (its -j 2 and local:2 ran back to back): the target holds "in most rounds"
+        rounds_ratio = [round(j / c, 2) for j, c in zip(rows[0]["send_runs_s"], rows[1]["send_runs_s"], strict=True)]
+        rows[1]["round_ratios"] = rounds_ratio
         details[f"overhead_{name}"] = rows
         size = "1 KB" if name == "1k" else "513 KB"
         tables.append(
@@ -193,7 +196,8 @@ def run(work: Path, quick: bool = False, rounds: int = 3, sections: tuple[str, .
         summary.append(summary_row(
             f"send {size} --cluster local:2 vs -j 2 (send phase)", files=count, dcmtk_s=rows[0]["send_s"],
             batchstore_s=rows[1]["send_s"], ratio=round(ratio, 2), target=f">= {TARGET:g}x", met=ratio >= TARGET,
-            note="dcmtk_s column: -j 2",
+            note=f"dcmtk_s column: -j 2; per round {rounds_ratio}, "
+            f"{sum(r >= TARGET for r in rounds_ratio)} of {len(rounds_ratio)} >= {TARGET:g}",
         ))  # fmt: skip
     if "scaling" in sections:
         rows = medians(SCALING, c1k, n1k, out, rounds)

@@ -137,18 +137,85 @@ def test_scheduler_and_two_workers(
     assert scp.peak_associations() <= 2
 
 
-def test_minus_j_bounds_the_associations_across_the_cluster(
-    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]]
-) -> None:
+def send_to_scripted(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], workers: int, batch_size: int = BATCH
+) -> tuple:
+    """`batchstore.send` of the corpus over the Dask cluster to a `ScriptedSCP`, with `-nh`: the report
+    and the peer, after checking that every file arrived and the exit code is 0."""
     path, uids = corpus
     with ScriptedSCP() as scp:
         report = batchstore.send(
-            [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=1,
-            batch_size=BATCH, scan_directories=True, recurse=True, halt_on_failure=False,
+            [str(path)], "127.0.0.1", scp.port, cluster=dask_cluster.address, workers=workers,
+            batch_size=batch_size, scan_directories=True, recurse=True, halt_on_failure=False,
         )  # fmt: skip
-        assert report.exit_code() == EXIT_OK
-        assert set(scp.stored) == uids
-        assert scp.associations == len(report.associations) == 1
+    assert report.exit_code() == EXIT_OK
+    assert set(scp.stored) == uids
+    return report, scp
+
+
+def test_minus_j_bounds_the_associations_across_the_cluster(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]]
+) -> None:
+    report, scp = send_to_scripted(dask_cluster, corpus, workers=1)
+    assert scp.associations == len(report.associations) == 1
+
+
+@pytest.mark.parametrize("events", ["lost", "twice"])
+def test_task_events_lost_or_repeated_count_each_file_once(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], monkeypatch: pytest.MonkeyPatch, events: str
+) -> None:
+    """Outcomes come back as each task's event. Without events (`lost`) the coordinator fetches the
+    tasks' results; an event that comes twice (`twice`: a task Dask ran again) counts once."""
+    from batchstore.sender import cluster
+
+    on_event = cluster.ClusterCoordinator._on_event
+
+    def patched(self: cluster.ClusterCoordinator, event: tuple) -> None:
+        for _ in range(0 if events == "lost" else 2):
+            on_event(self, event)
+
+    monkeypatch.setattr(cluster.ClusterCoordinator, "_on_event", patched)
+    report, _scp = send_to_scripted(dask_cluster, corpus, workers=2)
+    assert sorted(o.sop_instance_uid for o in report.outcomes) == sorted(corpus[1])
+    assert report.delivered == FILES
+
+
+def test_the_scheduler_keeps_no_outcomes_after_the_run(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outcomes travel as Dask events, of which a scheduler keeps the last 1,000 per topic: a run drops
+    them as it goes (here every 3 tasks) and at its end, so a long-lived scheduler does not keep them."""
+    from distributed import Client
+
+    from batchstore.sender import cluster
+
+    monkeypatch.setattr(cluster, "FORGET_EVENTS_EVERY", 3)
+    send_to_scripted(dask_cluster, corpus, workers=2)
+    with Client(dask_cluster.address, timeout=10) as client:
+        kept = {topic: len(events) for topic, events in client.get_events().items() if "batchstore" in topic}
+    assert not any(kept.values()), kept
+
+
+def test_last_batches_are_cut_in_two_and_every_file_counts_once(
+    dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four batches of 60 on two slots: when two are left, they become four of 30 (a slow slot then
+    holds the run up for half a batch, not a whole one); each file is sent and reported once."""
+    from batchstore.sender import cluster
+
+    halve, seen = cluster.ClusterCoordinator._halve_tail, []
+
+    def spied(self: cluster.ClusterCoordinator) -> None:
+        before = [len(b.instances) for q in self.queues.values() for b, _ in q]
+        halve(self)
+        if self._tail_halved and not seen:
+            seen.append((before, [len(b.instances) for q in self.queues.values() for b, _ in q]))
+
+    monkeypatch.setattr(cluster.ClusterCoordinator, "_halve_tail", spied)
+    report, _scp = send_to_scripted(dask_cluster, corpus, workers=2, batch_size=60)
+    assert seen == [([60, 60], [30, 30, 30, 30])]
+    assert sorted(o.sop_instance_uid for o in report.outcomes) == sorted(corpus[1])
+    assert report.delivered == FILES
 
 
 def test_peer_association_limit_lowers_concurrency_across_the_cluster(

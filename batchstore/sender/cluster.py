@@ -5,15 +5,18 @@ The coordinator is `coordinator.Coordinator` with another transport (docs/design
 - A slot is one association: at most ``-j`` of them across the cluster. Each slot lives on one Dask worker
   (placed where the fewest slots are per worker thread) and every message the coordinator would send a
   worker process (`RunBatch`, `Connect`, `Stop`) becomes a task restricted to that Dask worker.
-- On the Dask worker, the task finds the slot's `worker.Worker` in process-wide state (`_HELD`): the
-  association it opened in an earlier task is still open, so a peer sees one association per slot, not
-  one per batch. What the worker would tell the coordinator is returned by the task, and the coordinator
-  handles it as it handles a worker process's messages (adaptive concurrency, give-back, retries).
+- On the Dask worker (`cluster_task.run_task`), the task finds the slot's `worker.Worker` in process-wide
+  state: the association it opened in an earlier task is still open, so a peer sees one association per
+  slot, not one per batch. What the worker would tell the coordinator comes back as an event of the run's
+  topic (sooner than the task's result, which is fetched only if the event has not come when Dask says
+  the task finished), and the coordinator handles it as it handles a worker process's messages
+  (adaptive concurrency, give-back, retries).
 - A Dask worker killed mid-batch loses its task's outcomes with it: Dask runs the task again on another
   worker (a loose restriction), which sends the whole batch (C-STORE is idempotent) and returns its
   outcomes once, so the journal records every file once. If Dask gives up on the task, the coordinator
   requeues the batch as it does for a dead worker process.
-- A slot's next batch is submitted while its current one runs (`ClusterCoordinator._queue_next`), so its
+- A slot's first batch goes in the same task as its `Connect`. Its next batch is submitted while its
+  current one runs (`ClusterCoordinator._queue_next`), so its
   Dask worker starts it as soon as the current one ends instead of idling while a result travels to the
   coordinator and a new task back. A queued batch runs only on the association its slot holds; if there
   is none (it failed, the task moved to another worker) or the run halted, the task hands the batch back
@@ -25,13 +28,12 @@ The coordinator is `coordinator.Coordinator` with another transport (docs/design
   `Event` for the run, which a batch that starts on a Dask worker without its slot (one that joined after
   the broadcast) looks at once.
 
-Dask is imported only here, and this module only with ``--cluster``.
+Dask is imported only here and in `cluster_task`, and these modules only with ``--cluster``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import pickle
 import queue
@@ -40,27 +42,28 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import outcomes as st
+from . import cluster_task
+from .cluster_task import halt_here, results_topic, run_task
 from .coordinator import Coordinator, _Slot
-from .messages import Bye, Connect, Halt, Results, RunBatch, Stop, ToCoordinator, ToWorker
+from .messages import Connect, Halt, RunBatch, ToCoordinator, ToWorker
 from .plan import Batch
 from .report import Outcome, Report
-from .worker import GC_THRESHOLDS, CoordinatorGone, Worker, WorkerConfig
+from .worker import WorkerConfig
 
 log = logging.getLogger("batchstore.dispatch")
 
-#: An association left idle this long on a Dask worker (its coordinator gone) is released.
-IDLE_RELEASE_SECONDS = 30.0
 #: How long to wait for a scheduler, and for a LocalCluster's workers, before giving up.
 CONNECT_TIMEOUT = 10.0
-#: What an unreadable input's error adds on a cluster: the worker, and where inputs must be.
-SHARED_STORAGE_NOTE = (
-    " (on Dask worker {worker}: inputs must be on storage every worker sees at the same path)"
-)
 
+
+#: The scheduler's copy of a run's events is dropped after this many (each holds a batch's outcomes,
+#: about 100 KB for 500 files; Dask keeps up to 1,000 per topic).
+FORGET_EVENTS_EVERY = 200
+#: The last batches of a run are cut in two when each half has at least this many files (`_halve_tail`).
+TAIL_HALF_MIN = 20
 
 #: A LocalCluster's Dask settings (``local:N``). Dask's statistical profiler samples every worker thread 100
 #: times a second, and its event-loop watchdog, system monitor and memory monitor wake every process 50, 2
@@ -105,8 +108,10 @@ class Cluster:
     _workers: dict[str, int] = field(default_factory=dict)
     _seen: float = 0.0
 
-    def workers(self, max_age: float = 1.0) -> dict[str, int]:
-        """Address -> threads of every Dask worker, at most `max_age` seconds old."""
+    def workers(self, max_age: float = 5.0) -> dict[str, int]:
+        """Address -> threads of every Dask worker, at most `max_age` seconds old (each look is a round
+        trip to the scheduler; a worker that left in the meantime only costs a task that Dask runs on
+        another worker)."""
         now = time.monotonic()
         if now - self._seen > max_age:
             info = self.client.scheduler_info(n_workers=-1)
@@ -149,7 +154,7 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address="127.0.0.1:0",  # a free port: runs side by side never collide
-                    preload=[__name__],  # the tasks' code, imported while the workers start, not by the first task
+                    preload=[cluster_task.__name__],  # the tasks' code, imported while the workers start, not by the first task
                     silence_logs=logging.ERROR,
                 )
             client = Client(local, timeout=CONNECT_TIMEOUT)
@@ -173,163 +178,6 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
         cluster.close()
 
 
-# --- on the Dask worker ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Held:
-    """A slot's `Worker` (and its association) on this Dask worker process, between tasks."""
-
-    worker: Worker
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    last_used: float = field(default_factory=time.monotonic)
-
-
-#: (run, slot) -> the slot's worker, for the batches of that slot this process runs
-_HELD: dict[tuple[str, int], _Held] = {}
-_HELD_LOCK = threading.Lock()
-_reaper: threading.Thread | None = None
-#: the runs whose coordinator broadcast a halt (`halt_here`)
-_HALTED: set[str] = set()
-
-
-def halt_here(run: str) -> None:
-    """Run by `Client.run` on every Dask worker process (in its event loop, while tasks send): `run`
-    halted. Its batches stop at their next file; its queued batches do not start."""
-    _HALTED.add(run)
-
-
-class _TaskChannel:
-    """A `Worker`'s connection inside one task: what it sends is the task's result; what it polls is
-    whether the run halted (`halt_here`)."""
-
-    def __init__(self, run: str) -> None:
-        self.out: list[ToCoordinator] = []
-        self.run = run
-
-    def send(self, message: ToCoordinator) -> None:
-        self.out.append(message)
-
-    def poll(self, timeout: float | None = None) -> bool:
-        return self.run in _HALTED
-
-    def recv(self) -> ToWorker:
-        return Halt()
-
-
-def _release_idle() -> None:
-    """Release the associations of slots idle for `IDLE_RELEASE_SECONDS` (their coordinator is gone or
-    has no work for them); runs in a daemon thread of the Dask worker process."""
-    while True:
-        time.sleep(IDLE_RELEASE_SECONDS / 6)
-        now = time.monotonic()
-        with _HELD_LOCK:
-            idle = [(key, held) for key, held in _HELD.items() if now - held.last_used > IDLE_RELEASE_SECONDS]
-        for key, held in idle:
-            if held.lock.acquire(blocking=False):
-                try:
-                    held.worker.close_association()
-                    with _HELD_LOCK:
-                        _HELD.pop(key, None)
-                finally:
-                    held.lock.release()
-
-
-def _held(run: str, wid: int, config: bytes, create: bool) -> tuple[_Held | None, bool]:
-    """The slot's `_Held` in this process, and whether it was created now."""
-    global _reaper
-    with _HELD_LOCK:
-        held = _HELD.get((run, wid))
-        if held is not None or not create:
-            return held, False
-        worker = Worker(wid, None, pickle.loads(config))  # type: ignore[arg-type]
-        held = _HELD[(run, wid)] = _Held(worker)
-        if _reaper is None:
-            _reaper = threading.Thread(target=_release_idle, name="batchstore-release", daemon=True)
-            _reaper.start()
-        return held, True
-
-
-@contextlib.contextmanager
-def _quiet_gc() -> Iterator[None]:
-    """The send loop's collector thresholds (`worker.GC_THRESHOLDS`) while a task sends; the Dask
-    worker's own afterwards."""
-    previous = gc.get_threshold()
-    gc.set_threshold(*GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
-
-
-def _missed_halt(run: str, halt_event: str) -> None:
-    """A batch whose slot is new here (its Dask worker left, and Dask ran the task on this one): a halt
-    broadcast before this process joined the cluster did not reach it; the run's halt event says. (Not
-    for every task: a Dask worker's first `Event` starts a client of its own, which costs every run.)"""
-    from distributed import Event
-
-    if run not in _HALTED and Event(halt_event).is_set():
-        _HALTED.add(run)
-
-
-def run_task(
-    run: str, wid: int, config: bytes, halt_event: str, blob: bytes, queued: bool = False
-) -> tuple[str, bytes | None]:
-    """One task on a Dask worker: run the pickled message `blob` as slot `wid`'s worker process would;
-    return this Dask worker's address and what the worker said (pickled).
-
-    A `queued` batch (submitted while the slot's previous one ran) is sent only over the association the
-    slot holds here, and only if the run has not halted; else nothing is done and the result is None:
-    the coordinator requeues the batch."""
-    from distributed import get_worker
-
-    address = get_worker().address
-    message: ToWorker = pickle.loads(blob)
-    held, created = _held(run, wid, config, create=not (queued or isinstance(message, Stop)))
-    if created and isinstance(message, RunBatch):
-        _missed_halt(run, halt_event)
-    if held is None:  # a Stop for a slot this process never held (its worker died): nothing to release
-        return address, None if queued else _pack([Bye(wid)])
-    with held.lock, _quiet_gc():
-        worker = held.worker
-        if queued and (run in _HALTED or worker.halted or worker.scu is None or not worker.scu.is_open):
-            return address, None
-        channel = _TaskChannel(run)
-        worker.conn = channel  # type: ignore[assignment]
-        try:
-            if isinstance(message, RunBatch):
-                try:
-                    worker.run_batch(message.batch, message.start_index, message.retry_of)
-                except CoordinatorGone:
-                    pass
-                worker.flush()
-                channel.send(worker.ready())
-            elif isinstance(message, Connect):
-                worker.connect(message.group)
-            elif isinstance(message, Stop):
-                worker.close_association()
-                with _HELD_LOCK:
-                    _HELD.pop((run, wid), None)
-                channel.send(Bye(wid))
-        finally:
-            held.last_used = time.monotonic()
-    _note_unreadable(channel.out, address)
-    return address, _pack(channel.out)
-
-
-def _pack(messages: list[ToCoordinator]) -> bytes:
-    return pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _note_unreadable(messages: list[ToCoordinator], address: str) -> None:
-    """Say on which Dask worker an input could not be read, and that inputs must be on shared storage."""
-    for message in messages:
-        if isinstance(message, Results) and message.failures:
-            for outcome in message.outcomes:
-                if outcome.category == st.PERMANENT and outcome.error.startswith("cannot read"):
-                    outcome.error += SHARED_STORAGE_NOTE.format(worker=address)
-
-
 # --- on the coordinator -------------------------------------------------------------------------------
 
 
@@ -351,25 +199,76 @@ class _TaskHandle:
         return False
 
 
+class _Task:
+    """A submitted task; `said` is what its messages did, once known (from its event, or its result)."""
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+        self.said: tuple[str, tuple[bytes | None, ...]] | None = None
+
+
+class _Part:
+    """What the coordinator waits for: one message's result within a task (a task that associates and
+    then sends a batch has two), with the task's status. Known when the task's event arrives (the usual
+    way) or when its result is fetched (if the event has not arrived when Dask says the task finished)."""
+
+    def __init__(self, task: _Task, index: int = 0) -> None:
+        self.task = task
+        self.index = index
+
+    @property
+    def status(self) -> str:
+        return "finished" if self.task.said is not None else str(self.task.future.status)
+
+    @property
+    def key(self) -> str:
+        return str(self.task.future.key)
+
+    def done(self) -> bool:
+        return self.task.said is not None or bool(self.task.future.done())
+
+    def ended_quietly(self) -> bool:
+        """The task ended, and its event has not come (it failed, or the event is late)."""
+        return self.task.said is None and self.task.future is not None and bool(self.task.future.done())
+
+    def result(self) -> tuple[str, bytes | None]:
+        """The Dask worker's address, and what the worker said (pickled; None: a queued batch not run)."""
+        if self.task.said is None:
+            self.task.said = self.task.future.result()
+        address, said = self.task.said
+        return address, said[self.index]
+
+    def exception(self, timeout: float | None = None) -> object:
+        return self.task.future.exception(timeout=timeout)
+
+    def cancel(self) -> None:
+        self.task.future.cancel()
+
+
 @dataclass
 class _Queued:
-    """A slot's next batch, submitted while its current one runs."""
+    """A batch submitted to the slot's Dask worker while its current task runs (it starts when that ends)."""
 
-    future: Any
+    future: _Part
     batch: Batch
     start_index: int
+    rides: bool = False  # in the same task as the slot's `Connect`
 
 
 class _SlotChannel:
-    """The coordinator's side of a slot: every message becomes a task on the slot's Dask worker."""
+    """The coordinator's side of a slot: every message becomes a task on the slot's Dask worker.
+
+    A `Connect` waits for the end of the coordinator's dispatch round (`ClusterCoordinator._dispatch`): the
+    slot's first batch, known by then, goes in the same task (`run_task`'s `then`)."""
 
     def __init__(self, owner: ClusterCoordinator, wid: int, address: str) -> None:
         self.owner = owner
         self.wid = wid
         self.address = address
-        self.future: Any = None  # the task whose result the slot waits for
-        self.queued: _Queued | None = None  # the next one, already on the Dask worker
+        self.future: _Part | None = None  # what the slot waits for
+        self.queued: deque[_Queued] = deque()  # the batches after it, already on the Dask worker
         self.connect_group = -1  # the context group of the last `Connect`
+        self.pending: Connect | None = None  # a `Connect` not submitted yet
 
     def send(self, message: ToWorker) -> None:
         if isinstance(message, Halt):
@@ -377,13 +276,34 @@ class _SlotChannel:
             return
         if isinstance(message, Connect):
             self.connect_group = message.group
+            self.pending = message
+            return
         self.future = self.submit(message)
 
-    def submit(self, message: ToWorker, queued: bool = False) -> Any:
+    def submit_connect(self, then: tuple[Batch, int] | None = None) -> None:
+        """Submit the pending `Connect`, and with it the batch `then` (as a queued one) when given."""
+        message, self.pending = self.pending, None
+        assert message is not None
+        if then is None:
+            self.future = self.submit(message)
+            return
+        batch, start = then
+        self.future = self.submit(message, then=RunBatch(batch, start))
+        self.queued.append(_Queued(_Part(self.future.task, 1), batch, start, rides=True))
+
+    def queue(self, batch: Batch, start: int) -> None:
+        """Submit `batch` to run after the slot's current task and those already queued."""
+        self.queued.append(_Queued(self.submit(RunBatch(batch, start), queued=True), batch, start))
+
+    def submit(self, message: ToWorker, queued: bool = False, then: RunBatch | None = None) -> _Part:
         owner = self.owner
         if self.address not in owner.cluster.workers():  # its Dask worker left: another one takes it
             self.address = owner.place(exclude=self.wid)
-        future = owner.cluster.client.submit(
+        key = f"batchstore-{type(message).__name__.lower()}-{owner.run_id}-{self.wid}-{uuid.uuid4().hex[:8]}"
+        task = _Task(None)
+        waited = _Part(task)
+        owner.waiting[key] = (self.wid, waited)  # before the task exists: its event may come at once
+        task.future = owner.cluster.client.submit(
             run_task,
             owner.run_id,
             self.wid,
@@ -391,14 +311,24 @@ class _SlotChannel:
             owner.halt_event,
             pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL),
             queued,
+            None if then is None else pickle.dumps(then, protocol=pickle.HIGHEST_PROTOCOL),
             workers=[self.address],
             allow_other_workers=True,  # if that worker dies, Dask runs the task elsewhere
             pure=False,
-            key=f"batchstore-{type(message).__name__.lower()}-{owner.run_id}-{self.wid}-{uuid.uuid4().hex[:8]}",
+            key=key,
         )
-        wid = self.wid
-        future.add_done_callback(lambda _f: owner.done.put((wid, future)))
-        return future
+        return waited
+
+
+def _forget_events(topic: str) -> Callable[..., None]:
+    """What the scheduler runs at the end of a run to drop the run's events it keeps (up to Dask's
+    ``distributed.admin.low-level-log-length`` per topic), which nobody reads any more. A local function:
+    Dask sends it by value, so the scheduler needs no batchstore."""
+
+    def forget(dask_scheduler: Any = None) -> None:
+        dask_scheduler._broker.truncate(topic)
+
+    return forget
 
 
 class ClusterCoordinator(Coordinator):
@@ -420,8 +350,13 @@ class ClusterCoordinator(Coordinator):
         self.config_blob = pickle.dumps(config, protocol=pickle.HIGHEST_PROTOCOL)
         self.run_id = uuid.uuid4().hex
         self.halt_event = f"batchstore-halt-{self.run_id}"
-        self.done: queue.Queue[tuple[int, Any]] = queue.Queue()
+        self.done: queue.Queue[tuple[int, _Part]] = queue.Queue()
         self._halt_set = False
+        self.topic = results_topic(self.run_id)
+        #: task key -> the slot and what it waits for, until the task's event arrives (`_on_event`)
+        self.waiting: dict[str, tuple[int, _Part]] = {}
+        self._tail_halved = False
+        self._events = 0  # tasks whose outcomes came as events, for `_forget_events`
 
     def set_halt(self) -> None:
         if not self._halt_set:
@@ -437,14 +372,41 @@ class ClusterCoordinator(Coordinator):
             self.cluster.client.run(halt_here, self.run_id, on_error="ignore")
 
     def run(self) -> None:
+        client = self.cluster.client
+        client.subscribe_topic(self.topic, self._on_event)
         try:
             super().run()
         finally:
+            with contextlib.suppress(Exception):
+                client.unsubscribe_topic(self.topic)
+            if self.cluster.local is None:  # a scheduler that outlives the run: its copy of the events
+                self._forget_events()
             if self._halt_set:  # the scheduler forgets a cleared event nobody waits on
                 from distributed import Event
 
                 with contextlib.suppress(Exception):
-                    Event(self.halt_event, client=self.cluster.client).clear()
+                    Event(self.halt_event, client=client).clear()
+
+    def _forget_events(self) -> None:
+        """Drop the scheduler's copy of the run's events (best effort: Dask's event log is internal). A
+        LocalCluster's scheduler is in this process."""
+        with contextlib.suppress(Exception):
+            forget = _forget_events(self.topic)
+            if self.cluster.local is not None:
+                forget(dask_scheduler=self.cluster.local.scheduler)
+            else:
+                self.cluster.client.run_on_scheduler(forget)
+
+    def _on_event(self, event: tuple[float, dict[str, Any]]) -> None:
+        """A task's event (in the Dask client's thread): what its messages did, for `_poll`. A task that
+        Dask ran again (its worker died after the event) sends it twice: the second is ignored."""
+        message = event[1]
+        entry = self.waiting.pop(message["key"], None)
+        if entry is not None:
+            wid, part = entry
+            if part.task.said is None:
+                part.task.said = (message["address"], tuple(message["said"]))
+            self.done.put((wid, part))
 
     def place(self, exclude: int = 0) -> str:
         """The Dask worker with the fewest live slots per thread."""
@@ -464,8 +426,12 @@ class ClusterCoordinator(Coordinator):
         self.slots[wid] = _Slot(_TaskHandle(), channel, idle=True)
 
     def _dispatch(self) -> None:
+        self._halve_tail()
         super()._dispatch()
         self._queue_next()
+        for slot in self.slots.values():  # a `Connect` no batch went with
+            if slot.conn.pending is not None:
+                slot.conn.submit_connect()
 
     def _queue_next(self) -> None:
         """Submit the next batch of every slot that is sending (or associating) and has none queued, so
@@ -479,28 +445,51 @@ class ClusterCoordinator(Coordinator):
         if sum(1 for s in live if s.batch is not None or s.connecting) > self.target:
             return
         for slot in live:
-            if sum(len(q) for q in self.queues.values()) <= len(live):
-                # the last batches go to whichever slot is free first: queued ahead, one slot could be
-                # left with two while the other has none (up to a batch of idle time at the end of a run)
-                return
             channel: _SlotChannel = slot.conn
-            if channel.queued is not None or not (slot.batch is not None or slot.connecting):
-                continue
-            # the group its association will hold when the current task ends
-            group = slot.batch.context_group if slot.batch is not None else channel.connect_group
-            pending = self.queues.get(group)
-            if not pending or id(pending[0][0]) in self._retry_of:
-                continue
-            batch, start = pending.popleft()
-            future = channel.submit(RunBatch(batch, start), queued=True)
-            channel.queued = _Queued(future, batch, start)
+            while not any(not q.rides for q in channel.queued) and (slot.batch is not None or slot.connecting):
+                if sum(len(q) for q in self.queues.values()) <= len(live):
+                    # the last batches go to whichever slot is free first: queued ahead, one slot could
+                    # be left with two while the other has none (up to a batch of idle time at the end)
+                    return
+                # the group its association will hold when the current task ends
+                group = slot.batch.context_group if slot.batch is not None else channel.connect_group
+                pending = self.queues.get(group)
+                if not pending or id(pending[0][0]) in self._retry_of:
+                    break
+                batch, start = pending.popleft()
+                if channel.pending is not None:  # associating: the batch goes in the same task
+                    channel.submit_connect(then=(batch, start))
+                else:
+                    channel.queue(batch, start)
+
+    def _halve_tail(self) -> None:
+        """Once, when no more batches are queued than there are slots: cut each in two halves. A run
+        ends when its slowest slot does, up to a batch after the others on a host where two Dask
+        workers' speeds differ (batches up to 500 files on a cluster, `api.AUTO_BATCH_FILES_CLUSTER`):
+        two more tasks per run halve that."""
+        if self._tail_halved or self.halted:
+            return
+        live = sum(1 for s in self.slots.values() if not s.finished)
+        if not live or sum(len(q) for q in self.queues.values()) > live:
+            return
+        self._tail_halved = True
+        for group, pending in self.queues.items():
+            cut: deque[tuple[Batch, int]] = deque()
+            for batch, start in pending:
+                half = len(batch.instances) // 2
+                if id(batch) in self._retry_of or half < TAIL_HALF_MIN:
+                    cut.append((batch, start))
+                    continue
+                for part, at in ((batch.instances[:half], start), (batch.instances[half:], start + half)):
+                    cut.append((replace(batch, instances=part, nbytes=sum(i.size for i in part)), at))
+            self.queues[group] = cut
 
     def _promote(self, wid: int, slot: _Slot) -> None:
-        """The slot's current task ended: its queued batch is now its batch."""
+        """The slot's current task ended: its first queued batch is now its batch."""
         channel: _SlotChannel = slot.conn
-        if channel.queued is None or slot.batch is not None:
+        if not channel.queued or slot.batch is not None:
             return
-        queued, channel.queued = channel.queued, None
+        queued = channel.queued.popleft()
         slot.batch, slot.start_index = queued.batch, queued.start_index
         slot.done_in_batch = 0
         slot.later = None
@@ -521,17 +510,26 @@ class ClusterCoordinator(Coordinator):
         self.queues.setdefault(batch.context_group, deque()).appendleft((batch, start))
 
     def _worker_died(self, wid: int, slot: _Slot) -> None:
-        queued, slot.conn.queued = slot.conn.queued, None
-        if queued is not None:
+        channel: _SlotChannel = slot.conn
+        while channel.queued:  # the last first: each goes to the front of its queue
+            queued = channel.queued.pop()
             queued.future.cancel()
             self._hand_back(queued)
-        super()._worker_died(wid, slot)  # its current batch goes in front of the queued one
+        super()._worker_died(wid, slot)  # its current batch goes in front of the queued ones
 
     def _poll(self) -> None:
-        try:
-            items = [self.done.get(timeout=0.2)]
-        except queue.Empty:
-            return
+        # tasks that ended without their event: failed, or finished before it came (their result is
+        # fetched); looked at here rather than in a Dask done-callback, a thread hop per task
+        items = [
+            (wid, slot.conn.future)
+            for wid, slot in self.slots.items()
+            if not slot.finished and slot.conn.future is not None and slot.conn.future.ended_quietly()
+        ]
+        if not items:
+            try:
+                items = [self.done.get(timeout=0.2)]
+            except queue.Empty:
+                return
         while True:
             try:
                 items.append(self.done.get_nowait())
@@ -542,6 +540,10 @@ class ClusterCoordinator(Coordinator):
             if slot.finished or future is not slot.conn.future:
                 continue  # a queued task's result waits for its promotion; a result seen twice, once
             slot.conn.future = None
+            if self.waiting.pop(future.key, None) is None:  # its event came
+                self._events += 1
+                if self._events % FORGET_EVENTS_EVERY == 0:
+                    self._forget_events()
             if future.status == "finished":
                 address, blob = future.result()
                 if blob is None:  # a queued batch its task did not send: no association there, or halted
