@@ -5,6 +5,7 @@ Peers are `ScriptedSCP` on loopback; each test checks the C-STOREs the peer saw,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from gen_corpus import generate
+from hypothesis import given, settings
+from hypothesis import strategies as st_h
 from scripted_scp import ScriptedSCP
 
 import batchstore
@@ -198,3 +201,53 @@ def test_each_file_is_written_once_and_untried_ones_at_the_end(
     assert final[journal_key(c)] == ("pending", None, 0, 0)
     assert final[journal_key(str(unreadable))][0] == st.PERMANENT
     assert len(final) == len(instances) + 1
+
+
+@settings(max_examples=400, deadline=None)
+@given(st_h.lists(st_h.sampled_from(["", ".", "..", "a", "b.dcm", ".hidden", "x..y", " "]), max_size=6),
+       st_h.sampled_from(["/", "//", "///", "", "./"]), st_h.sampled_from(["", "/", "//"]))  # fmt: skip
+def test_journal_key_is_abspath(parts: list[str], lead: str, trail: str) -> None:
+    """The shortcut for paths that are already absolute and normal gives what `os.path.abspath` gives."""
+    path = lead + "/".join(parts) + trail
+    if path:
+        assert journal_key(path) == os.path.abspath(path)
+
+
+def test_many_outcomes_in_one_commit_are_all_written(corpus: tuple[Path, list[dict]], tmp_path: Path) -> None:
+    """First outcomes go out as multi-row INSERTs of `_ROWS_PER_INSERT` rows: more rows than several of
+    them, and a remainder, each written once with its own values; the untried rest written as pending."""
+    import sqlite3
+
+    from batchstore.sender import journal as journal_module
+
+    path, _files = corpus
+    instances, _ = scan([str(path)], scan_directories=True, recurse=True)
+    per = journal_module._ROWS_PER_INSERT
+    # the corpus's 30 files under many names: the journal keys inputs by path
+    links = tmp_path / "links"
+    links.mkdir()
+    many = []
+    for n in range(2 * per + 5 + 7):
+        inst = instances[n % len(instances)]
+        link = links / f"{n:04d}.dcm"
+        link.symlink_to(inst.path)
+        many.append(dataclasses.replace(inst, path=str(link)))
+    db = str(tmp_path / "j.db")
+    tried = many[: 2 * per + 5]
+    with Journal(db) as j:
+        j.begin_run("test")
+        j.register(many)
+        j.record(
+            [
+                Outcome(path=inst.path, category=st.SUCCESS, status=n % 3, attempts=1 + n % 2)
+                for n, inst in enumerate(tried)
+            ]
+        )
+    with sqlite3.connect(db) as other:
+        query = "SELECT path, category, status, attempts, sop_instance_uid FROM files"
+        rows = {r[0]: r[1:] for r in other.execute(query)}
+    assert len(rows) == len(many)
+    for n, inst in enumerate(tried):
+        assert rows[journal_key(inst.path)] == (st.SUCCESS, n % 3, 1 + n % 2, inst.sop_instance_uid)
+    for inst in many[len(tried) :]:
+        assert rows[journal_key(inst.path)][:3] == ("pending", None, 0)
