@@ -84,8 +84,10 @@ def send_once(sender: str, pki: PKI, corpus: Path, count: int, out: Path) -> tup
     return seconds, cpu[0], peer_cpu
 
 
-def receive_once(receiver: str, pki: PKI, corpus: Path, count: int, out: Path) -> tuple[float, float]:
-    """Two storescu +tls send `corpus` at once; (wall seconds, receiver CPU seconds)."""
+def receive_once(receiver: str, pki: PKI, corpora: list[Path], count: int, out: Path) -> tuple[float, float]:
+    """Two storescu +tls at once, each sending its own corpus of `count` files (different instances, as
+    in perf/bench_receive.py: the same instances twice would make every second one a name collision);
+    (wall seconds, receiver CPU seconds)."""
     out.mkdir(parents=True, exist_ok=True)
     for f in out.iterdir():
         f.unlink()
@@ -96,16 +98,16 @@ def receive_once(receiver: str, pki: PKI, corpus: Path, count: int, out: Path) -
     with peer:
         proc = psutil.Process(peer.proc.pid)
         before = _tree_cpu(proc)
-        cmd = [DCMTK_STORESCU, *_client(pki), "+sd", "+r", "127.0.0.1", str(peer.port), str(corpus)]
+        cmds = [[DCMTK_STORESCU, *_client(pki), "+sd", "+r", "127.0.0.1", str(peer.port), str(c)] for c in corpora]
         t0 = time.perf_counter()
-        senders = [subprocess.Popen(cmd, env=dcmtk_env(True), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        senders = [subprocess.Popen(cmd, env=dcmtk_env(True), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cmd in cmds]
         for s in senders:
             s.wait(600)
-        arrived = wait_count(out, count)
+        arrived = wait_count(out, count * len(corpora))
         seconds = time.perf_counter() - t0
         cpu = _tree_cpu(proc) - before
-    if arrived != count:
-        raise RuntimeError(f"{receiver}: {arrived} of {count} files arrived")
+    if arrived != count * len(corpora):
+        raise RuntimeError(f"{receiver}: {arrived} of {count * len(corpora)} files arrived")
     return seconds, cpu
 
 
@@ -200,11 +202,11 @@ def run(
     if only and "receive" not in only:
         return _result(rows, summary, details)
     count = 1000 if quick else 5000
-    corpus = make_corpus(work, "tls-recv", count, 1024)
+    corpora = [make_corpus(work, "tls-recv", count, 1024, seed=100 + i) for i in range(2)]
     got: dict[str, list[tuple[float, float]]] = {"storescp": [], "batchstore": []}
     for _ in range(repeat):
         for receiver in got:
-            got[receiver].append(receive_once(receiver, pki, corpus, count, work / "out-tls-recv"))
+            got[receiver].append(receive_once(receiver, pki, corpora, count, work / "out-tls-recv"))
     wall = {r: statistics.median(x[0] for x in v) for r, v in got.items()}
     cpu_us = {r: statistics.median(x[1] for x in v) / (2 * count) * 1e6 for r, v in got.items()}
     details["receive"] = got
