@@ -23,6 +23,7 @@ __all__ = [
     "Source",
     "WalkError",
     "fmt_tag",
+    "pure_python",
     "read_elements",
     "read_header",
     "skip_plain_explicit_le",
@@ -275,10 +276,17 @@ def skip_plain_explicit_le_py(buf: Buffer, pos: int) -> int:
     return pos
 
 
+def pure_python() -> bool:
+    """True with ``BATCHSTORE_PURE_PYTHON=1``: every compiled twin (this walker's, the receiver's
+    one-message path) stays unused, as where they are not built; the tests and benchmarks use it to run
+    the Python code."""
+    return os.environ.get("BATCHSTORE_PURE_PYTHON") == "1"
+
+
 def _compiled_skip() -> Callable[[Buffer, int], int] | None:
     """The compiled `skip_plain_explicit_le_py`, given this module's VR sets; None where it is not built
-    (or ``BATCHSTORE_PURE_PYTHON=1``, which the tests and benchmarks use to run the Python one)."""
-    if os.environ.get("BATCHSTORE_PURE_PYTHON") == "1":
+    or `pure_python` asks for the Python one."""
+    if pure_python():
         return None
     try:
         from . import _walkfast  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..dicom.meta import file_meta_parts
 from ..dicom.uids import EXPLICIT_VR_LE, IMPLICIT_VR_LE
+from ..dicom.walk import pure_python
 from ..net import dimse
 from ..net.pdu import P_DATA_TF, RECV_BUFFER
 
@@ -145,7 +146,7 @@ class Compiled:
 
 
 def _load_compiled() -> Any:
-    if os.environ.get("BATCHSTORE_PURE_PYTHON"):
+    if pure_python():
         return None
     try:
         from . import _onemessage  # type: ignore[attr-defined]
