@@ -444,10 +444,7 @@ class Worker:
             decoded = False
             try:
                 if mode == "as-is" and not config.edits.any:
-                    if data is not None:  # the usual small file, read and checked above
-                        rsp = scu.store_bytes(context_id, inst.sop_class_uid, uid, data)
-                    else:
-                        rsp = self._store_as_is(scu, context_id, inst, data)
+                    rsp = self._store_as_is(scu, context_id, inst, data)
                 else:
                     picked = self._convert(inst, choices, index)
                     if isinstance(picked, str):
