@@ -232,18 +232,10 @@ class StoreSCU:
             first = None
             if pdu_type != P_DATA_TF:
                 raise ProtocolError(f"expected P-DATA-TF with a response, got PDU type 0x{pdu_type:02X}")
-            if (
-                not fragments
-                and len(body) > 6
-                and body[5] == 3
-                and _U32.unpack_from(body)[0] == len(body) - 4
-            ):
+            if not fragments and _whole_command(body):
                 # The usual response: one PDV holding the whole command set.
                 cmd = dimse.decode_command(memoryview(body)[6:])
-                if cmd.message_id_responded != message_id:
-                    raise ProtocolError(
-                        f"response to message {cmd.message_id_responded}, expected {message_id}"
-                    )
+                _check_responded(cmd.message_id_responded, message_id)
                 return cmd
             for _ctx, control, fragment in iter_pdvs(body):
                 if not control & 1:
@@ -251,10 +243,7 @@ class StoreSCU:
                 fragments.append(fragment)
                 if control & 2:
                     cmd = dimse.decode_command(b"".join(fragments))
-                    if cmd.message_id_responded != message_id:
-                        raise ProtocolError(
-                            f"response to message {cmd.message_id_responded}, expected {message_id}"
-                        )
+                    _check_responded(cmd.message_id_responded, message_id)
                     return cmd
 
     def echo(self, context_id: int) -> int:
@@ -304,12 +293,9 @@ class StoreSCU:
         if not self._debug:
             assert self.stream is not None
             first = self.stream.read_pdu()
-            body = first[1]
-            one_pdv = len(body) > 6 and body[5] == 3 and _U32.unpack_from(body)[0] == len(body) - 4
-            if first[0] == P_DATA_TF and one_pdv:
-                responded, status, comment = _store_response(body, 6)
-                if responded != message_id:
-                    raise ProtocolError(f"response to message {responded}, expected {message_id}")
+            if first[0] == P_DATA_TF and _whole_command(first[1]):
+                responded, status, comment = _store_response(first[1], 6)
+                _check_responded(responded, message_id)
                 return StoreResponse(0xC000 if status is None else status, comment)
         cmd = self._read_response(message_id, first)
         if self._debug:
@@ -391,6 +377,16 @@ class StoreSCU:
                         pdata_fragment_parts(context_id, view[:n], False, self.send_pdu, last=remaining <= 0)
                     )
         return self._store_rsp(message_id)
+
+
+def _whole_command(body: bytes | bytearray) -> bool:
+    """True when the P-DATA-TF `body` is one PDV holding a whole command set (the usual response)."""
+    return len(body) > 6 and body[5] == 3 and _U32.unpack_from(body)[0] == len(body) - 4
+
+
+def _check_responded(responded: int | None, message_id: int) -> None:
+    if responded != message_id:
+        raise ProtocolError(f"response to message {responded}, expected {message_id}")
 
 
 def _store_response_py(data: bytes | bytearray, start: int) -> tuple[int, int | None, str]:
