@@ -477,6 +477,27 @@ def wrap_client(sock: socket.socket, ctx: ssl.SSLContext, options: TLSOptions) -
     return conn
 
 
+def wrap_server(sock: socket.socket, ctx: ssl.SSLContext) -> TLSConnection:
+    """Run the server handshake on an accepted, blocking socket (within the socket's timeout): the
+    receiver's ``--inetd`` connection and the commitment report listener's (the receiver's gate steps a
+    non-blocking one itself).
+
+    Raises
+    ------
+    ssl.SSLError
+        If the handshake fails (`describe_handshake_error` says why); the socket is closed.
+    OSError
+        If the connection fails or times out meanwhile; the socket is closed.
+    """
+    conn = TLSConnection(sock, ctx, server_side=True)
+    try:
+        conn.do_handshake()
+    except BaseException:
+        sock.close()
+        raise
+    return conn
+
+
 def client_stream(sock: socket.socket, options: TLSOptions, timeout: float | None) -> TLSPDUStream:
     """The client handshake on a connected socket within `timeout` seconds, with this process's context
     for `options` (`client_context`), and the PDU stream over the TLS connection.
@@ -491,10 +512,9 @@ def client_stream(sock: socket.socket, options: TLSOptions, timeout: float | Non
 
 
 class TLSPDUStream(PDUStream):
-    """`PDUStream` over a TLS connection (a `TLSConnection`, or an `ssl.SSLSocket`): neither has
-    ``sendmsg`` and both decrypt into their own buffer, so writes are joined and "input pending" asks the
-    connection first. Timeouts of a `TLSConnection` are the kernel's, as over TCP; of an `ssl.SSLSocket`
-    Python's (a kernel receive timeout would surface from OpenSSL as a want-read error).
+    """`PDUStream` over a `TLSConnection`: it has no ``sendmsg`` and decrypts into its own buffer, so
+    writes are joined and "input pending" asks the connection first. Timeouts are the kernel's, as over
+    TCP.
 
     A C-STORE read from a file goes out through `send_file_pdata`: the file is read straight into place
     between the P-DATA-TF headers of one reused buffer, so the data set is copied once (from the page cache)
@@ -505,16 +525,9 @@ class TLSPDUStream(PDUStream):
         self._out = bytearray()
 
     def input_pending(self) -> bool:
-        sock = self.sock
-        if isinstance(sock, (ssl.SSLSocket, TLSConnection)) and sock.pending():
+        if self.sock.pending():  # type: ignore[attr-defined]
             return True
         return super().input_pending()
-
-    def settimeout(self, seconds: float | None) -> None:
-        if isinstance(self.sock, TLSConnection):
-            super().settimeout(seconds)
-        else:
-            self.sock.settimeout(seconds if seconds else None)
 
     def send_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> None:
         data = parts[0] if len(parts) == 1 else b"".join(parts)

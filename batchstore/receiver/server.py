@@ -182,17 +182,14 @@ class Server:
         except OSError:
             address = ("unknown", 0)
         if self.tls_context is not None:
-            from ..net.tls import TLSConnection, describe_handshake_error
+            from ..net.tls import describe_handshake_error, wrap_server
 
             sock.settimeout(phase_timeout(self.options.acse_timeout, self.options.socket_timeout))
-            conn = TLSConnection(sock, self.tls_context, server_side=True)
             try:
-                conn.do_handshake()
+                sock = wrap_server(sock, self.tls_context)  # type: ignore[assignment]
             except OSError as exc:  # ssl.SSLError is an OSError; nothing reaches the DICOM layer
                 log.error("connection from %s: %s", address[0], describe_handshake_error(exc))
-                sock.close()
                 return EXIT_OK
-            sock = conn  # type: ignore[assignment]
         self.handle(sock, address)
         return EXIT_OK
 

@@ -146,15 +146,15 @@ class ReportListener:
             return PDUStream(conn)
         import ssl
 
-        from ..net.tls import TLSPDUStream, describe_handshake_error
+        from ..net.tls import TLSPDUStream, describe_handshake_error, wrap_server
 
         conn.settimeout(self.timeout)
         try:
-            tls_conn = self._tls_context.wrap_socket(conn, server_side=True)
+            tls_conn = wrap_server(conn, self._tls_context)
         except ssl.SSLError as exc:
             log.error("commitment report connection from %s: %s", address[0], describe_handshake_error(exc))
             return None
-        return TLSPDUStream(tls_conn)
+        return TLSPDUStream(tls_conn)  # type: ignore[arg-type]
 
     def _association(self, stream: PDUStream, address: tuple) -> None:
         stream.settimeout(self.timeout)
