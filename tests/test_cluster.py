@@ -109,12 +109,13 @@ def test_local_cluster_sends_every_file_over_held_associations(
     scp = storescp(["--fork"])
     report, journal = tmp_path / "r.json", str(tmp_path / "j.db")
     result = run_send(
-        "--cluster", "local:2", "-j", "2", "--batch-size", str(BATCH), "-nh", "+sd", "+r",
+        "--cluster", "local:2", "--batch-size", str(BATCH), "-nh", "+sd", "+r",
         "--report", str(report), "--journal", journal, "127.0.0.1", str(scp.port), str(path),
     )  # fmt: skip
     data = check_run(result, report, journal, corpus)
     assert set(scp.wait_files(FILES)) == uids
-    # one association per slot (two Dask workers), held across the 12 batches
+    # -j defaults to one slot per worker of local:N (not per thread: each has two, `LOCAL_THREADS`), and
+    # one association per slot, held across the 12 batches
     assert scp.association_count() == len(data["associations"]) == 2
     assert len({f["association"] for f in data["files"]}) == 2
 
@@ -151,6 +152,25 @@ def send_to_scripted(
     assert report.exit_code() == EXIT_OK
     assert set(scp.stored) == uids
     return report, scp
+
+
+def test_a_slots_next_batch_waits_in_another_thread_and_keeps_the_order(
+    corpus: tuple[Path, set[str]],
+) -> None:
+    """On ``local:1`` the slot's next batch starts in the Dask worker's second thread while the current one
+    sends, and waits for it: over the one association the peer gets the batches whole and in the order
+    in which the coordinator records their outcomes (the first batch, in the same task as the `Connect`,
+    before the one queued behind it)."""
+    path, uids = corpus
+    with PeerSCP(paced(0.0005)) as scp:
+        report = batchstore.send(
+            [str(path)], "127.0.0.1", scp.port, cluster="local:1", workers=1, batch_size=BATCH,
+            scan_directories=True, recurse=True,
+        )  # fmt: skip
+    assert report.exit_code() == EXIT_OK, report.summary_lines()
+    assert scp.associations == len(report.associations) == 1
+    assert scp.stored == [o.sop_instance_uid for o in report.outcomes]
+    assert set(scp.stored) == uids and len(scp.stored) == FILES
 
 
 def test_minus_j_bounds_the_associations_across_the_cluster(

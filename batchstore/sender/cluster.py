@@ -65,18 +65,32 @@ FORGET_EVENTS_EVERY = 200
 #: The last batches of a run are cut in two when each half has at least this many files (`_halve_tail`).
 TAIL_HALF_MIN = 20
 
+#: Threads of each ``local:N`` worker, which holds one slot (``-j`` defaults to N): one sends, the other
+#: runs the slot's next batch, which waits on the slot's lock and sends the moment the current one ends,
+#: without waiting for the Dask worker's event loop to start it (`cluster_task._Held`).
+LOCAL_THREADS = 2
+
 #: A LocalCluster's Dask settings (``local:N``). Dask's statistical profiler samples every worker thread 100
 #: times a second, and its event-loop watchdog, system monitor and memory monitor wake every process 50, 2
 #: and 10 times a second: on a send loop, CPU the peer on the same machine does not get (docs/design.md,
 #: "Beyond one machine"). The dashboard's profile page stays empty and its system graphs are coarser.
 #: Work stealing would move a slot's queued batch to another worker, where it finds no association and
-#: comes back untouched: a wasted round trip.
+#: comes back untouched: a wasted round trip. The active memory manager (every 2 s), the GIL monitor
+#: (every 1 ms, when ``gilknocker`` is installed) and the client's look at the scheduler (every 2 s) serve
+#: nothing a send needs.
 LOCAL_CLUSTER_CONFIG = {
     "distributed.worker.profile.enabled": False,
     "distributed.scheduler.work-stealing": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.scheduler.active-memory-manager.start": False,
+    "distributed.client.scheduler-info-interval": "10s",
+    # Dask's own, without MALLOC_TRIM_THRESHOLD_, which turns glibc's adaptive mmap threshold off: every
+    # block of 128 KiB or more (a converted data set, a task's message) is then mapped and unmapped anew.
+    # Reading 513 KB into a new bytes object: 129 page faults and 180-260 us instead of 0 and 28-36 us.
+    "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1},
 }
 
 
@@ -121,6 +135,9 @@ class Cluster:
 
     @property
     def threads(self) -> int:
+        """The associations ``-j`` allows by default: one per worker thread, one per worker of ``local:N``."""
+        if self.local is not None:
+            return len(self.workers(max_age=0))
         return sum(self.workers(max_age=0).values())
 
     def close(self) -> None:
@@ -150,7 +167,7 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
             with dask.config.set(LOCAL_CLUSTER_CONFIG):
                 local = LocalCluster(
                     n_workers=count,
-                    threads_per_worker=1,
+                    threads_per_worker=LOCAL_THREADS,
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address="127.0.0.1:0",  # a free port: runs side by side never collide

@@ -29,10 +29,14 @@ SHARED_STORAGE_NOTE = (
 
 @dataclass
 class _Held:
-    """A slot's `Worker` (and its association) on this Dask worker process, between tasks."""
+    """A slot's `Worker` (and its association) on this Dask worker process, between tasks.
+
+    Its lock is held while a task sends over the association. A slot's next batch, started by Dask in
+    another thread while the current one sends (`cluster.LOCAL_THREADS`), waits on it and sends the moment
+    the current task lets go: no trip through the Dask worker's event loop between two batches."""
 
     worker: Worker
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -150,9 +154,17 @@ def run_task(
 
     dask_worker = get_worker()
     address = dask_worker.address
-    said = [_run_message(run, wid, config, halt_event, pickle.loads(blob), queued, address)]
-    if then is not None:
-        said.append(_run_message(run, wid, config, halt_event, pickle.loads(then), True, address))
+    message = pickle.loads(blob)
+    if then is None:
+        said = [_run_message(run, wid, config, halt_event, message, queued, address)]
+    else:
+        # the lock across both: the slot's next batch, waiting for it in another thread, goes after this one
+        held, _ = _held(run, wid, config, create=True)
+        assert held is not None
+        batch = pickle.loads(then)
+        with held.lock:
+            said = [_run_message(run, wid, config, halt_event, message, queued, address)]
+            said.append(_run_message(run, wid, config, halt_event, batch, True, address))
     key = dask_worker.get_current_task()
     dask_worker.log_event(results_topic(run), {"key": key, "address": address, "said": said})
     return address, tuple(said)
