@@ -195,10 +195,10 @@ def _batch(
         inst = new(Instance)
         if shared:
             path, uid, size, offset, mtime = row
-            inst.__dict__.update(
-                path=path, sop_class_uid=sop_class, sop_instance_uid=uid, transfer_syntax=syntax, size=size,
-                data_offset=offset, mtime_ns=mtime,
-            )  # fmt: skip
+            inst.__dict__.update({
+                "path": path, "sop_class_uid": sop_class, "sop_instance_uid": uid, "transfer_syntax": syntax,
+                "size": size, "data_offset": offset, "mtime_ns": mtime,
+            })  # fmt: skip
         else:
             inst.__dict__.update(zip(INSTANCE_FIELDS, row, strict=True))
         instances.append(inst)
