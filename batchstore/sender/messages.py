@@ -51,8 +51,8 @@ class Results(NamedTuple):
     failures: int = 0
 
     def __reduce__(self) -> tuple:
-        # Pickled with its outcomes as plain tuples: about 1 us per file less for the worker and 1.4 us
-        # less for the coordinator than pickled `Outcome` objects (docs/design.md, "The send side, issue 17").
+        # Pickled with its outcomes as plain tuples: per file about 5,000 instructions less for the worker
+        # and 13,000 less for the coordinator than `Outcome` objects (docs/design.md, "The send side, issue 17").
         return _results, (self.worker, self.batch_index, outcome_rows(self.outcomes), self.failures)
 
 

@@ -160,8 +160,8 @@ class Batch:
 
     def __reduce__(self) -> tuple:
         # Pickled (to a worker) as plain tuples: each file's path, SOP instance UID, size, data offset and
-        # mtime, the SOP class and syntax once for the batch. Pickling and unpickling 1.4 us per file
-        # less than `Instance` objects (docs/design.md, "The send side, issue 17").
+        # mtime, the SOP class and syntax once for the batch: pickling and unpickling take about 10,000
+        # instructions per file less than for `Instance` objects (docs/design.md, "The send side, issue 17").
         sop_class, syntax = self.sop_class_uid, self.transfer_syntax
         instances = self.instances
         if all(i.sop_class_uid == sop_class and i.transfer_syntax == syntax for i in instances):
