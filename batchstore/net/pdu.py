@@ -110,6 +110,11 @@ class PDUReader:
         # of its sends instead, the only thing that puts the socket back into delayed-ACK mode: one
         # setsockopt per 1 KB file instead of 1.9.
         self._quickack = quickack_on_receive
+        #: With `quickack_on_receive`: re-arm only before receiving the rest of an incomplete PDU. A peer
+        #: that keeps Nagle's algorithm on holds the rest of a PDU it wrote in two parts until our ACK of
+        #: the first; after a whole PDU, our next message carries the ACK. For a caller that answers every
+        #: PDU it reads (the Storage SCU's C-STORE loop): one setsockopt per C-STORE-RSP less.
+        self.quickack_when_incomplete = False
 
     def pending(self) -> bool:
         """True when bytes of a next PDU are already buffered."""
@@ -140,19 +145,28 @@ class PDUReader:
         else:
             self._start = stop
 
-    def _recv(self, view: memoryview) -> int:
+    def _recv(self, view: memoryview, arm: bool = True) -> int:
+        """One receive into `view`, re-arming ``TCP_QUICKACK`` after it unless `arm` is False."""
         try:
             n = self.sock.recv_into(view)
         except BlockingIOError:  # SO_RCVTIMEO expired
             raise TimeoutError("timeout while waiting for data from the peer") from None
         if n == 0:
             raise ConnectionResetError("connection closed by peer")
-        if self._quickack:
+        if arm and self._quickack:
             quickack(self.sock)
         self.bytes_received += n
         if self.deadline and time.monotonic() > self.deadline:
             raise TimeoutError("the peer did not complete its message in time")
         return n
+
+    def _recv_more(self, view: memoryview) -> int:
+        """A receive for the rest of a PDU. With `quickack_when_incomplete` the ACK goes first: the peer
+        may be holding the rest until it has our ACK of what came (Nagle's algorithm)."""
+        if self.quickack_when_incomplete and self._quickack:
+            quickack(self.sock)
+            return self._recv(view, arm=False)
+        return self._recv(view)
 
     def _arm(self) -> bool:
         """A PDU takes more than one receive: bound it by `pdu_timeout` unless a deadline is set."""
@@ -169,7 +183,7 @@ class PDUReader:
         armed = self._arm()
         try:
             while self._end - self._start < need:
-                self._end += self._recv(self._view[self._end :])
+                self._end += self._recv_more(self._view[self._end :])
         finally:
             if armed:
                 self.deadline = 0.0
@@ -192,7 +206,7 @@ class PDUReader:
         if self._end - start < 6:
             if self._end == start:  # nothing buffered (the usual case): receive at the start of the buffer
                 self._start = self._end = start = 0
-                self._end = self._recv(self._view)
+                self._end = self._recv(self._view, arm=not self.quickack_when_incomplete)
             if self._end - start < 6:
                 self._fill(6)
                 start = self._start
@@ -230,7 +244,7 @@ class PDUReader:
                     view.release()
                     body += bytes(min(len(body), length - have))
                     view = memoryview(body)
-                have += self._recv(view[have:])
+                have += self._recv_more(view[have:])
             view.release()
         finally:
             if armed:

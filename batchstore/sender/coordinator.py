@@ -186,18 +186,29 @@ class Coordinator:
                 except OSError:
                     pass
 
-    def _record(self, wid: int, outcomes: list[Outcome], count_retries: bool = True) -> None:
+    def _record(
+        self, wid: int, outcomes: list[Outcome], count_retries: bool = True, failures: int | None = None
+    ) -> None:
+        """Take a chunk of outcomes; `failures`: how many of them were not delivered, when known (none:
+        no need to look for one that halts the run)."""
         # Outcomes arrive unpickled, so they are this process's own: number their associations in place.
         numbers = self.assoc_numbers
-        for o in outcomes:
+        retries = 0
+        for o in outcomes:  # one pass per chunk: the per-file part of the coordinator's work
             if o.association:
                 o.association = numbers.get((wid, o.association), 0)
+            if o.attempts > 1:
+                retries += o.attempts - 1
         self.report.outcomes.extend(outcomes)
         if count_retries:
-            self.report.retries += sum(max(0, o.attempts - 1) for o in outcomes)
+            self.report.retries += retries
         if self.on_outcomes:
             self.on_outcomes(outcomes)
-        if self.config.halt_on_failure and any(o.category in (st.TRANSIENT, st.PERMANENT) for o in outcomes):
+        if (
+            self.config.halt_on_failure
+            and failures != 0
+            and any(o.category in (st.TRANSIENT, st.PERMANENT) for o in outcomes)
+        ):
             self.report.halted = True
             self.halt()
 
@@ -206,7 +217,7 @@ class Coordinator:
             self._results = True
             self.accepted += len(message.outcomes) - message.failures
             slot.done_in_batch += len(message.outcomes)
-            self._record(wid, message.outcomes)
+            self._record(wid, message.outcomes, failures=message.failures)
         elif isinstance(message, AssociationOpened):
             slot.connected = True
             slot.assoc_failures = 0

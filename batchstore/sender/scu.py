@@ -23,7 +23,7 @@ from ..dicom.walk import COMPILED
 from ..net import acse, dimse
 from ..net.errors import NetError, ProtocolError
 from ..net.pdu import P_DATA_TF, PDV_HEADER, PDUStream, iter_pdvs, pdata_fragment_parts, pdata_parts
-from ..net.sockets import connect, phase_timeout
+from ..net.sockets import connect, phase_timeout, quickack
 from .engine import StoreResponse
 
 if TYPE_CHECKING:
@@ -145,6 +145,10 @@ class StoreSCU:
         peer_max = accept.max_pdu or UNLIMITED_PDU
         self.send_pdu = min(peer_max, opts.max_send_pdu) if opts.max_send_pdu else peer_max
         stream.settimeout(phase_timeout(opts.dimse_timeout, opts.socket_timeout))
+        # From here on every PDU the peer sends is answered by our next message (its ACK with it), but
+        # for a response in several PDUs (`_read_response` acknowledges each at once). Over TLS the
+        # connection's own receives decide; it keeps re-arming after each one.
+        stream.quickack_when_incomplete = opts.tls is None
         if self._debug:
             self._log_accept(accept)
         return accept
@@ -228,6 +232,8 @@ class StoreSCU:
         assert self.stream is not None
         fragments: list[bytes | memoryview] = []
         while True:
+            if fragments:  # a response in several PDUs: a peer with Nagle on may wait for our ACK
+                quickack(self.stream.sock)
             pdu_type, body = first or self.stream.read_pdu()
             first = None
             if pdu_type != P_DATA_TF:

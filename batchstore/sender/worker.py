@@ -504,24 +504,13 @@ class Worker:
                         category = st.PERMANENT
                 if category != st.WARNING:
                     self._failures += 1
-            # Outcome itself rather than Outcome.of: the per-file case, without a keyword dictionary
+            # Outcome itself rather than Outcome.of, its fields in order (report.OUTCOME_FIELDS): calling
+            # a class with keywords builds a dictionary of them first
             return Outcome(
-                path=inst.path,
-                sop_class_uid=inst.sop_class_uid,
-                sop_instance_uid=uid,
-                original_ts=inst.transfer_syntax,
-                sent_ts=send_ts,
-                pixels_decoded=decoded,
-                category=category,
-                status=status,
-                error=error,
-                association=self.local_assoc,
-                context_id=context_id,
-                duration_ms=(time.perf_counter() - start) * 1000,
-                attempts=attempts,
-                worker=self.id,
-                size=inst.size,
-            )
+                inst.path, inst.sop_class_uid, uid, inst.transfer_syntax, send_ts, decoded, category, status,
+                error, self.local_assoc, context_id, (time.perf_counter() - start) * 1000, attempts, self.id,
+                inst.size,
+            )  # fmt: skip
 
     def _store_as_is(
         self, scu: StoreEngine, context_id: int, inst: Instance, data: bytes | None
