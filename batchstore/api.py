@@ -30,6 +30,7 @@ from .dicom.transcode import EditOptions
 from .net.acse import UserIdentity
 from .sender import outcomes as st
 from .sender.coordinator import Coordinator
+from .sender.inline import InlineCoordinator, runs_inline
 from .sender.plan import Plan, PlanOptions, make_plan
 from .sender.report import SKIPPED, Outcome, Report
 from .sender.scan import scan
@@ -53,7 +54,7 @@ class SendOptions:
 
     calling_ae: str = "STORESCU"
     called_ae: str = "ANY-SCP"
-    workers: int = 0  # 0: one per CPU (os.cpu_count)
+    workers: int = 0  # 0: automatic, one per CPU (os.cpu_count); a small run then needs no worker process
     family: int = socket.AF_INET
     scan_directories: bool = False
     recurse: bool = False
@@ -340,6 +341,9 @@ def _send(
         coordinator = ClusterCoordinator(
             batches, workers, config, report, on_outcomes, on_wait, cluster=cluster
         )
+    elif runs_inline(batches, workers, config, automatic=not options.workers):
+        # a small run: one association from this process, no worker process (docs/design.md, "Small runs")
+        coordinator = InlineCoordinator(batches, 1, config, report, on_outcomes, on_wait)
     else:
         coordinator = Coordinator(batches, workers, config, report, on_outcomes, on_wait)
     coordinator.run()
