@@ -14,7 +14,9 @@ association failures, backoff), only the transport is a function call instead of
   pipe to poll); a second one stops the file in flight: the association is aborted, the answered files
   are recorded, the rest of the batch is "not sent: run interrupted";
 - a worker that raises is replaced as a dead worker process is: its answered files are kept, the rest of
-  its batch goes back to the queue.
+  its batch goes back to the queue;
+- while the worker waits for the peer, a watchdog thread notices a slow peer (`Coordinator._watch_peer`),
+  as the process transport's loop does; it ends with the run.
 
 What it gives up is the isolation of a process: a crash in a codec would end the run. So `runs_inline`
 chooses it only when no file can need a codec (uncompressed and deflated syntaxes only, no compression
@@ -25,6 +27,7 @@ proposed), with the lean engine, without ``--cluster``, and for one association 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -44,6 +47,8 @@ log = logging.getLogger("batchstore.dispatch")
 #: With an automatic ``-j``, a run of at most this many files (and `INLINE_MAX_BYTES`) runs inline.
 INLINE_MAX_FILES = 200
 INLINE_MAX_BYTES = 32 * 2**20
+#: How often the watchdog looks for a slow peer while the worker sends.
+WATCH_SECONDS = 0.25
 
 
 def runs_inline(batches: list[Batch], workers: int, config: WorkerConfig, automatic: bool) -> bool:
@@ -100,7 +105,7 @@ class InlineWorker(Worker):
         self.coordinator = coordinator
 
     def check_halt(self) -> None:
-        """Between files: a Ctrl-C or SIGTERM (the coordinator's stop flag), a halt, a slow peer."""
+        """Between files: a Ctrl-C or SIGTERM (the coordinator's stop flag), or a halt."""
         now = time.monotonic()
         if now < self._next_check:
             return
@@ -112,7 +117,6 @@ class InlineWorker(Worker):
             coordinator.halt()
         if coordinator.halted:
             self.halted = True
-        coordinator._watch_peer()
 
 
 class _InlineProcess:
@@ -146,7 +150,32 @@ class InlineCoordinator(Coordinator):
     def run(self) -> None:
         files = sum(len(batch.instances) for queue in self.queues.values() for batch, _ in queue)
         log.info("%d file(s): sent from this process, over one association (no worker process)", files)
-        super().run()
+        self._lock = threading.Lock()  # the coordinator's state, between this thread and the watchdog
+        self._stepping = False
+        done = threading.Event()
+        watchdog = threading.Thread(target=self._watchdog, args=(done,), name="batchstore-slow-peer", daemon=True)
+        watchdog.start()
+        try:
+            super().run()
+        finally:
+            done.set()
+            watchdog.join()
+
+    def _watchdog(self, done: threading.Event) -> None:
+        """While the worker waits for the peer, notice a slow peer as the process transport's loop does
+        (`Coordinator._watch_peer`: the log, ``on_wait``, the summary); the loop does it between turns."""
+        while not done.wait(WATCH_SECONDS):
+            with self._lock:
+                if self._stepping:
+                    Coordinator._watch_peer(self)
+
+    def _watch_peer(self, final: bool = False) -> None:
+        with self._lock:
+            super()._watch_peer(final)
+
+    def _handle(self, wid: int, slot: _Slot, message: ToCoordinator) -> None:
+        with self._lock:
+            super()._handle(wid, slot, message)
 
     def _spawn(self) -> None:
         wid = self.next_worker_id
@@ -173,6 +202,7 @@ class InlineCoordinator(Coordinator):
         """One turn of `worker.worker_main`'s loop."""
         process: _InlineProcess = slot.process  # type: ignore[assignment]
         worker = process.worker
+        self._stepping = True
         try:
             if isinstance(message, RunBatch):
                 worker.run_batch(message.batch, message.start_index, message.retry_of)
@@ -193,6 +223,8 @@ class InlineCoordinator(Coordinator):
             process.end(1, graceful=False)
             self._keep_answered(worker)
             self._worker_died(wid, slot)
+        finally:
+            self._stepping = False
 
     def _keep_answered(self, worker: InlineWorker) -> None:
         """Record the outcomes the worker holds but has not passed on yet (the peer answered them)."""
