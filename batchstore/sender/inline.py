@@ -11,7 +11,7 @@ association failures, backoff), only the transport is a function call instead of
 - what the coordinator sends (`RunBatch`, `Connect`, `Halt`, `Stop`) waits in the worker's inbox, and
   `_poll` runs the worker on the next message, as `worker.worker_main` would;
 - Ctrl-C and SIGTERM set the coordinator's stop flag, which the worker reads between files (it has no
-  pipe to poll); a second one stops the file in flight: the association is aborted, the answered files
+  pipe to poll) and the watchdog below within `WATCH_SECONDS` (the warning, the halt); a second one stops the file in flight: the association is aborted, the answered files
   are recorded, the rest of the batch is "not sent: run interrupted";
 - a worker that raises is replaced as a dead worker process is: its answered files are kept, the rest of
   its batch goes back to the queue;
@@ -111,10 +111,7 @@ class InlineWorker(Worker):
             return
         self._next_check = now + CHECK_SECONDS
         coordinator = self.coordinator
-        if coordinator.stop_requested and not coordinator.report.interrupted:
-            log.warning("interrupted: finishing the C-STOREs in flight, then stopping")
-            coordinator.report.interrupted = True
-            coordinator.halt()
+        coordinator.notice_stop()
         if coordinator.halted:
             self.halted = True
 
@@ -162,12 +159,25 @@ class InlineCoordinator(Coordinator):
             watchdog.join()
 
     def _watchdog(self, done: threading.Event) -> None:
-        """While the worker waits for the peer, notice a slow peer as the process transport's loop does
-        (`Coordinator._watch_peer`: the log, ``on_wait``, the summary); the loop does it between turns."""
+        """While the worker waits for the peer, notice a stop and a slow peer as the process transport's
+        loop does (`Coordinator._watch_peer`: the log, ``on_wait``, the summary); the loop does it between
+        turns."""
         while not done.wait(WATCH_SECONDS):
+            self.notice_stop()
             with self._lock:
                 if self._stepping:
                     Coordinator._watch_peer(self)
+
+    def notice_stop(self) -> None:
+        """A Ctrl-C or SIGTERM (the stop flag `request_stop` set): say so and halt, once, as the process
+        transport's loop does; the worker finishes the file in flight."""
+        if self.stop_requested and not self.report.interrupted:
+            with self._lock:
+                if self.report.interrupted:
+                    return
+                log.warning("interrupted: finishing the C-STOREs in flight, then stopping")
+                self.report.interrupted = True
+                self.halt()
 
     def _watch_peer(self, final: bool = False) -> None:
         with self._lock:
