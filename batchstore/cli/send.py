@@ -19,8 +19,8 @@ from ..net.acse import PresentationContextProposal, UserIdentity
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from ..sender.scu import AssociationOptions
-from .commit import commit_options, run_commit
-from .commit import settings as commit_settings
+from .commit_options import commit_options, run_commit
+from .commit_options import settings as commit_settings
 from .common import (
     input_options,
     logging_options,
@@ -289,7 +289,7 @@ class _SendCommand(DcmtkCommand):
     help="Exit with the codes storescu 3.6.7 uses (1 for errors, a failure status' high byte, 10 for an "
     "aborted association; 0 with -nh) instead of batchstore's own.",
 )
-# storage commitment: after the files are stored, ask the peer to commit them (cli/commit.py)
+# storage commitment: after the files are stored, ask the peer to commit them (cli/commit_options.py)
 @click.option(
     "--commit",
     is_flag=True,
