@@ -22,14 +22,15 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, NamedTuple
 
 from .dicom.part10 import Instance, ScanFailure
 from .dicom.transcode import EditOptions
 from .net.acse import UserIdentity
 from .sender import outcomes as st
 from .sender.coordinator import Coordinator
+from .sender.inline import InlineCoordinator, runs_inline
 from .sender.plan import Plan, PlanOptions, make_plan
 from .sender.report import SKIPPED, Outcome, Report
 from .sender.scan import scan
@@ -47,19 +48,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("batchstore")
 
 
-@dataclass(frozen=True)
-class SendOptions:
-    """Every option of ``batchstore send`` that is not an address (see `send`)."""
+class SendOptions(NamedTuple):
+    """Every option of ``batchstore send`` that is not an address (see `send`).
+
+    A named tuple, not a frozen dataclass: creating this one class cost 1.9 ms of every send's start-up
+    (docs/design.md, "Small runs"). ``options._replace(workers=4)`` gives a changed copy.
+    """
 
     calling_ae: str = "STORESCU"
     called_ae: str = "ANY-SCP"
-    workers: int = 0  # 0: one per CPU (os.cpu_count)
+    workers: int = 0  # 0: automatic, one per CPU (os.cpu_count); a small run then needs no worker process
     family: int = socket.AF_INET
     scan_directories: bool = False
     recurse: bool = False
     pattern: str | None = None
     read_mode: str = "auto"  # +f auto, +fo file-only, -f dataset
-    plan: PlanOptions = field(default_factory=PlanOptions)
+    plan: PlanOptions = PlanOptions()  # frozen: one shared default is safe
     batch_size: int | None = None  # None: automatic
     max_pdu: int = 16384
     max_send_pdu: int = 0
@@ -69,7 +73,7 @@ class SendOptions:
     dimse_timeout: float | None = None
     user_identity: UserIdentity | None = None
     tls: TLSOptions | None = None  # +tls / +tla (batchstore.net.tls)
-    edits: EditOptions = field(default_factory=EditOptions)
+    edits: EditOptions = EditOptions()  # frozen
     halt_on_failure: bool = True
     abort_at_end: bool = False
     repeat: int = 1
@@ -202,14 +206,17 @@ def send(
         bound to its destination (`called_ae`, `host`, `port`): another destination raises
         `journal.DestinationMismatch` before anything is sent, unless ``journal_new_destination=True``.
     """
-    options = replace(options or SendOptions(), **overrides)  # type: ignore[arg-type]
+    try:
+        options = (options or SendOptions())._replace(**overrides)  # type: ignore[arg-type]
+    except ValueError as exc:  # an unknown field, as a dataclass would have said it
+        raise TypeError(f"send() got an unexpected keyword argument: {exc}") from None
     started = time.perf_counter()
     if options.cluster:
         from .sender.cluster import open_cluster  # Dask only with --cluster
 
         with open_cluster(options.cluster) as cluster:
             # -j bounds the associations across the cluster; by default one per Dask worker thread
-            options = replace(options, workers=options.workers or cluster.threads)
+            options = options._replace(workers=options.workers or cluster.threads)
             return _send_journaled(
                 paths, host, port, options, started, on_outcomes, on_plan, on_wait, cluster
             )
@@ -340,6 +347,9 @@ def _send(
         coordinator = ClusterCoordinator(
             batches, workers, config, report, on_outcomes, on_wait, cluster=cluster
         )
+    elif runs_inline(batches, workers, config, automatic=not options.workers):
+        # a small run: one association from this process, no worker process (docs/design.md, "Small runs")
+        coordinator = InlineCoordinator(batches, 1, config, report, on_outcomes, on_wait)
     else:
         coordinator = Coordinator(batches, workers, config, report, on_outcomes, on_wait)
     coordinator.run()

@@ -22,6 +22,7 @@ from ..sender.report import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from ..sender.scu import AssociationOptions
 from . import send as send_cli
 from .common import tls_settings
+from .dcmtk import DcmtkCommand
 
 #: ``send`` options that ``load`` shares (by parameter name); TLS options are shared too.
 SHARED = {
@@ -126,7 +127,7 @@ class _Progress:
         self.bar = None
 
 
-@click.command("load", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command("load", cls=DcmtkCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(
     __version__, "--version", prog_name="batchstore", help="Print version information and exit."
 )

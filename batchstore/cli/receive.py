@@ -25,6 +25,7 @@ from ..receiver.options import (
 )
 from ..receiver.server import serve
 from .common import logging_options, require_verbose_for_pc, setup_logging, tls_options, tls_settings
+from .dcmtk import DcmtkCommand
 
 log = logging.getLogger("batchstore")
 
@@ -102,7 +103,7 @@ def _pdu_or_unlimited(ctx: click.Context, param: click.Parameter, value: int) ->
     return value
 
 
-@click.command("receive", context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command("receive", cls=DcmtkCommand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("port", type=click.IntRange(0, 65535), required=False)
 @click.version_option(__version__, "--version", prog_name="batchstore receive")
 @logging_options

@@ -12,15 +12,15 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..api import SendOptions, default_workers, send
+from ..api import SendOptions, send
 from ..dicom.transcode import EditOptions
 from ..dicom.uids import PROPOSAL_FLAGS
 from ..net.acse import PresentationContextProposal, UserIdentity
 from ..sender.plan import PlanOptions
 from ..sender.report import DCMTK_EXIT_ERROR, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from ..sender.scu import AssociationOptions
-from .commit import commit_options, run_commit
-from .commit import settings as commit_settings
+from .commit_options import commit_options, run_commit
+from .commit_options import settings as commit_settings
 from .common import (
     input_options,
     logging_options,
@@ -29,6 +29,7 @@ from .common import (
     tls_options,
     tls_settings,
 )
+from .dcmtk import DcmtkCommand
 from .progress import Progress
 
 log = logging.getLogger("batchstore")
@@ -58,7 +59,7 @@ def _file_bytes(path: str | None, what: str) -> bytes | None:
 _DCMTK_EARLY_EXIT = {EXIT_USAGE: DCMTK_EXIT_ERROR, EXIT_ERROR: DCMTK_EXIT_ERROR}
 
 
-class _SendCommand(click.Command):
+class _SendCommand(DcmtkCommand):
     """``send`` with ``--dcmtk-exit-codes`` applied to usage errors as well: click exits 2 for those,
     storescu 1."""
 
@@ -288,7 +289,7 @@ class _SendCommand(click.Command):
     help="Exit with the codes storescu 3.6.7 uses (1 for errors, a failure status' high byte, 10 for an "
     "aborted association; 0 with -nh) instead of batchstore's own.",
 )
-# storage commitment: after the files are stored, ask the peer to commit them (cli/commit.py)
+# storage commitment: after the files are stored, ask the peer to commit them (cli/commit_options.py)
 @click.option(
     "--commit",
     is_flag=True,
@@ -323,8 +324,9 @@ def command(ctx: click.Context, **kw: Any) -> None:
         compression_level=int(kw["compression_level"]),
     )
     family = FAMILIES[str(kw["family"])]
-    # with --cluster, -j bounds the associations across the cluster (default: one per Dask worker thread)
-    workers = int(kw["workers"] or (0 if kw["cluster"] else default_workers()))
+    # 0: automatic, one per CPU (a small run then needs no worker process: api.send); with --cluster, -j
+    # bounds the associations across the cluster (default: one per Dask worker thread)
+    workers = int(kw["workers"] or 0)
     options = SendOptions(
         calling_ae=str(kw["aetitle"]),
         called_ae=str(kw["call"]),

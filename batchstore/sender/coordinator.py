@@ -18,7 +18,6 @@ as not sent and release their associations.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -26,7 +25,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from multiprocessing.connection import wait
 from typing import Any, Protocol
 
 from ..dicom.part10 import Instance
@@ -150,13 +148,17 @@ class Coordinator:
         self.target = self.workers  # how many workers may hold a batch at once (adaptive)
         self.last_change = time.monotonic()
         self.stop_requested = False
-        self._ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
 
     def _spawn(self) -> None:
+        # multiprocessing only here and in `_poll`: a run without worker processes (sender/inline.py)
+        # does not load it (5 ms of a small send's start-up)
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
         wid = self.next_worker_id
         self.next_worker_id += 1
-        parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(  # type: ignore[attr-defined]
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(  # type: ignore[attr-defined]
             target=worker_main, args=(wid, child, self.config), name=f"batchstore-worker-{wid}", daemon=True
         )
         proc.start()
@@ -505,6 +507,8 @@ class Coordinator:
     # -- the transport: worker processes over pipes (`cluster.py` overrides `_spawn` and `_poll`) ------
     def _poll(self) -> None:
         """Wait up to 0.2 s for the workers; handle what they said, and the deaths of those that died."""
+        from multiprocessing.connection import wait
+
         live = {s.conn: wid for wid, s in self.slots.items() if not s.finished}
         sentinels = {self.slots[wid].process.sentinel: wid for wid in live.values()}  # type: ignore[attr-defined]
         ready = wait(list(live) + list(sentinels), timeout=0.2)

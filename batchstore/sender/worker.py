@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from ..dicom.codecs import NotEncodable
 from ..dicom.part10 import SMALL_DATASET, Instance, read_dataset_bytes, verify_bytes, verify_dataset
@@ -43,6 +43,9 @@ from .messages import (
 from .plan import Batch, ContextGroup, context_choices, no_context_reason
 from .report import AssociationRecord, Outcome
 from .scu import AssociationOptions, StoreSCU
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 log = logging.getLogger("batchstore.dispatch")
 
