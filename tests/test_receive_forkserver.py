@@ -93,3 +93,25 @@ def test_fork_server_spares_the_receiver_copying_its_pages(tmp_path: Path) -> No
             assert wait_for(lambda out=out: len(list(out.iterdir())) == 31)  # type: ignore[misc]
             faults[on] = (_minor_faults(rx.proc.pid) - before) / len(uids)
     assert faults["1"] * 3 < faults["0"], faults
+
+
+@pytest.mark.skipif(PURE or spawner.compiled is None, reason="no fork server with the pure-Python path")
+def test_fork_server_and_spare_exit_when_the_receiver_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of the receiver leaves nothing running: the fork server and the waiting child see their
+    channels close and exit."""
+    with Receiver(tmp_path, ["--fork", "-d"]) as rx:
+        assert rx.proc is not None
+        server = psutil.Process(rx.proc.pid)
+        assert wait_for(lambda: len(server.children()) == 2)
+        children = server.children()
+        assert _fork_server_pid(rx) in [child.pid for child in children]
+        rx.proc.kill()
+        rx.proc.wait(10)
+
+        def gone(child: psutil.Process) -> bool:
+            try:
+                return child.status() == psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                return True
+
+        assert wait_for(lambda: all(gone(child) for child in children))
