@@ -425,15 +425,18 @@ class Server:
         child_end.close()
         self.spares[pid] = parent_end
 
-    def _lose_forker(self, why: str) -> None:
-        """The fork server failed: end it, and fork the children here from now on."""
+    def _lose_forker(self, why: str, reaped: bool = False) -> None:
+        """The fork server failed: end it (unless it is `reaped` already), and fork the children here
+        from now on."""
         forker = self._forker
         if forker is None:
             return
         log.warning("the fork server (pid %d) %s; forking association children in the receiver", forker.pid, why)
         forker.close()
-        self._retired_spares.add(forker.pid)
         self._forker = None
+        if reaped:
+            return  # its pid may already be another process's
+        self._retired_spares.add(forker.pid)
         try:
             os.kill(forker.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -573,8 +576,7 @@ class Server:
                 return
             info = self.children.pop(pid, None)
             if self._forker is not None and pid == self._forker.pid:
-                self._retired_spares.add(pid)  # discarded just below
-                self._lose_forker("exited")
+                self._lose_forker("exited", reaped=True)
             if info is None:
                 self._retired_spares.discard(pid)
                 if pid in self.spares:  # a spare that died before it was needed: another is forked
