@@ -9,7 +9,7 @@
  *
  * Between two forks the loop touches only its stack, so the fork server's pages stay shared with its
  * children instead of being copied at each fork, as a Python loop's would be. It runs no Python code
- * while it waits, so it needs a process with a single thread (receiver/spawner.py checks) and
+ * while it waits, so it needs a process with a single thread (a forked process has one) and
  * the default action for the signals that end it. The child is reinitialised as os.fork does it
  * (PyOS_AfterFork_Child: the interpreter's state and the at-fork hooks of the child); the hooks run
  * before and after a fork in the forking process are not run, since this loop holds no lock they

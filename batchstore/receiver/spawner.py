@@ -53,7 +53,7 @@ class ForkServer:
         if compiled is None or os.environ.get("BATCHSTORE_FORK_SERVER", "1").strip() == "0":
             return None
         if threading.active_count() > 1:
-            return None  # a fork without the C library's preparation needs a single thread
+            return None  # a receiver embedded in a threaded program keeps to os.fork, as it always did
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             pid = os.fork()
