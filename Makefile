@@ -5,7 +5,8 @@ DEMO_DIR ?= demo-out
 
 .PHONY: setup demo test lint perf clean
 
-$(STAMP): pyproject.toml setup.py batchstore/dicom/_walkfast.c batchstore/dicom/_bytes.h batchstore/receiver/_onemessage.c
+$(STAMP): pyproject.toml setup.py batchstore/dicom/_walkfast.c batchstore/dicom/_bytes.h batchstore/receiver/_onemessage.c \
+		batchstore/receiver/_sibling.c
 	@if [ ! -x /usr/bin/storescp ] || [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/openssl ] \
 	    || [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	    echo "installing dcmtk, orthanc, openssl, chromium and chromium-driver (Debian packages)"; \

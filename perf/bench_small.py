@@ -11,8 +11,9 @@ Targets: no slower than storescu; first C-STORE within 100 ms.
 (b) ``associations``: 100 associations of one 1 KB file each, one after the other, into
 ``batchstore receive --fork`` and into ``storescp --fork``, alternating rounds, medians. The sender is
 one process of this benchmark speaking the protocol with batchstore's own PDU primitives, the same for
-both receivers, so its cost is the same on both sides and no process start-up is measured.
-Target: no slower than storescp.
+both receivers, so its cost is the same on both sides and no process start-up is measured. Also the
+receiver's CPU per association (``psutil``: the parent's own, and its reaped children's), the steadier
+figure on a shared machine. Target: no slower than storescp.
 
 Writes ``perf/results/small.json``. Run: ``python perf/bench_small.py [--quick] [--repeat N]
 [--only send|associations]``.
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from bench_receive_limits import _soak_sender
 from common import (
     RESULTS,
@@ -110,8 +112,36 @@ def send_associations(port: int, count: int, index: int) -> None:
         raise RuntimeError(f"{counter.value} of {count} associations completed")
 
 
+def _receiver_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) of receiver `pid` itself, and of its children: those it has reaped,
+    and those still running (a spare child, batchstore's fork server), so far."""
+    process = psutil.Process(pid)
+    times = process.cpu_times()
+    children = times.children_user + times.children_system
+    for child in process.children():
+        try:
+            own = child.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        children += own.user + own.system
+    return times.user + times.system, children
+
+
+def _wait_reaped(pid: int, keep: int, timeout: float = 10.0) -> None:
+    """Wait until receiver `pid` has at most `keep` children left (those it keeps between associations),
+    the others reaped."""
+    deadline = time.monotonic() + timeout
+    parent = psutil.Process(pid)
+    while len(parent.children()) > keep and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def run_associations(work: Path, count: int, repeat: int) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"storescp": [], "batchstore": []}
+    # CPU per association, ms: the receiver's parent, its children, and both
+    cpu: dict[str, dict[str, list[float]]] = {
+        kind: {"parent": [], "children": [], "total": []} for kind in runs
+    }
     for r in range(repeat):
         for kind in ("storescp", "batchstore"):
             out = work / f"assoc-{kind}-{r}"
@@ -122,14 +152,28 @@ def run_associations(work: Path, count: int, repeat: int) -> dict[str, Any]:
                 peer = BatchstoreReceiver(out, [], fork=True, work_dir=work, graceful=True)
             with peer:
                 port = peer.port
+                pid = peer.proc.pid
+                time.sleep(0.2)  # a --fork batchstore starts its fork server and a spare child
+                keep = len(psutil.Process(pid).children())
+                parent0, children0 = _receiver_cpu(pid)
                 start = time.perf_counter()
                 send_associations(port, count, 10 * r + int(kind == "batchstore") + 20)
                 runs[kind].append(time.perf_counter() - start)
                 arrived = wait_count(out, count)
+                _wait_reaped(pid, keep)
+                parent1, children1 = _receiver_cpu(pid)
             if arrived != count:
                 raise RuntimeError(f"{kind}: {arrived} of {count} files arrived")
+            per = 1000 / count
+            cpu[kind]["parent"].append((parent1 - parent0) * per)
+            cpu[kind]["children"].append((children1 - children0) * per)
+            cpu[kind]["total"].append((parent1 - parent0 + children1 - children0) * per)
     dcmtk = statistics.median(runs["storescp"])
     ours = statistics.median(runs["batchstore"])
+    cpu_ms = {
+        kind: {part: round(statistics.median(values), 2) for part, values in parts.items()}
+        for kind, parts in cpu.items()
+    }
     return {
         "associations": count,
         "storescp_s": round(dcmtk, 4),
@@ -139,6 +183,14 @@ def run_associations(work: Path, count: int, repeat: int) -> dict[str, Any]:
         "storescp_ms_per_association": round(1000 * dcmtk / count, 2),
         "batchstore_ms_per_association": round(1000 * ours / count, 2),
         "ratio": round(dcmtk / ours, 2),
+        # CPU per association (ms, medians over the rounds): the receiver's parent, its reaped children
+        "storescp_cpu_ms": cpu_ms["storescp"],
+        "batchstore_cpu_ms": cpu_ms["batchstore"],
+        "cpu_ratio": round(cpu_ms["storescp"]["total"] / cpu_ms["batchstore"]["total"], 2)
+        if cpu_ms["batchstore"]["total"]
+        else None,
+        "storescp_cpu_runs_ms": [round(x, 2) for x in cpu["storescp"]["total"]],
+        "batchstore_cpu_runs_ms": [round(x, 2) for x in cpu["batchstore"]["total"]],
     }
 
 
@@ -172,7 +224,10 @@ def run(work: Path, quick: bool = False, repeat: int = 5, only: str = "") -> dic
                 files=assoc["associations"],
                 target=">= 1.0x",
                 met=assoc["ratio"] >= 1.0,
-                note=f"{assoc['batchstore_ms_per_association']} vs {assoc['storescp_ms_per_association']} ms each",
+                note=(
+                    f"{assoc['batchstore_ms_per_association']} vs {assoc['storescp_ms_per_association']} ms each; "
+                    f"CPU {assoc['batchstore_cpu_ms']['total']} vs {assoc['storescp_cpu_ms']['total']} ms"
+                ),
             )
         )
     result["summary"] = rows
@@ -191,7 +246,7 @@ def main() -> int:
         result = run(work, args.quick, args.repeat, args.only)
     for key in ("send", "associations"):
         if key in result:
-            print(key, {k: v for k, v in result[key].items() if not k.endswith("runs_s")})
+            print(key, {k: v for k, v in result[key].items() if not k.endswith(("runs_s", "runs_ms"))})
     return 0
 
 

@@ -8,6 +8,7 @@ sees: files and their bytes, responses, aborts, rejections, exit codes, log line
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -713,30 +714,43 @@ def test_python_api_serves_in_a_thread(tmp_path: Path) -> None:
     assert (out / f"CT.{uid}").exists()
 
 
-@pytest.mark.parametrize("spares", ["1", "0"])
-def test_fork_hands_each_association_to_a_child_forked_ahead(tmp_path: Path, spares: str) -> None:
+@pytest.mark.parametrize(("spares", "fork_server"), [("1", "1"), ("1", "0"), ("0", "1")])
+def test_fork_hands_each_association_to_a_child_forked_ahead(tmp_path: Path, spares: str, fork_server: str) -> None:
     """With --fork a child waits before any peer connects and serves the next association (its pid is the
     one the association logs); another is forked for the one after. ``BATCHSTORE_SPARE_CHILDREN=0``: none
-    waits, and each association still gets a child of its own."""
+    waits, and each association still gets a child of its own. Where the fork server runs (built, and
+    not ``BATCHSTORE_FORK_SERVER=0``), it forks the children, and they are the receiver's children all
+    the same."""
     import psutil
 
-    env = {**os.environ, "BATCHSTORE_SPARE_CHILDREN": spares}
-    with Receiver(tmp_path, ["--fork"], env=env) as rx:
+    from batchstore.receiver import spawner
+
+    env = {**os.environ, "BATCHSTORE_SPARE_CHILDREN": spares, "BATCHSTORE_FORK_SERVER": fork_server}
+    forker = spares == "1" and fork_server == "1" and spawner.compiled is not None
+    with Receiver(tmp_path, ["--fork", "-d"], env=env) as rx:
         assert rx.proc is not None
         server = psutil.Process(rx.proc.pid)
         ready: list[int] = []
+        helpers: list[int] = []
+        if forker:
+            assert wait_for(lambda: "fork server" in rx.log())
+            helpers = [int(re.search(r"fork server (\d+) forks", rx.log()).group(1))]  # type: ignore[union-attr]
         if spares == "1":
-            assert wait_for(lambda: len(server.children()) == 1)
-            ready = [child.pid for child in server.children()]
+            assert wait_for(lambda: len(server.children()) == 1 + len(helpers))
+            ready = [child.pid for child in server.children() if child.pid not in helpers]
         for _ in range(2):
             scu = RawSCU(rx.port)
             assert scu.echo() == 0
             scu.release()
         assert wait_for(lambda: len(rx.child_pids()) == 2)
         pids = rx.child_pids()
-        assert len(set(pids)) == 2 and rx.proc.pid not in pids
+        assert len(set(pids)) == 2 and rx.proc.pid not in pids and not set(pids) & set(helpers)
         if spares == "1":
             assert pids[0] == ready[0]  # the first association went to the child that was waiting
-            assert wait_for(lambda: [c.pid for c in server.children() if c.pid not in pids] != [])
+            assert wait_for(lambda: [c.pid for c in server.children() if c.pid not in pids + helpers] != [])
+            # the fork server is still there, and still forks no child of its own
+            assert [c.pid for c in server.children() if c.pid in helpers] == helpers
+            assert all(psutil.Process(pid).children() == [] for pid in helpers)
         else:
             assert wait_for(lambda: server.children() == [])
+        assert ("fork server" in rx.log()) == forker

@@ -13,6 +13,7 @@ path then reads PDU by PDU. Every length is checked against what we advertised b
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 from typing import Any
@@ -145,14 +146,15 @@ class Compiled:
         self.directory = self.proc = -1
 
 
-def _load_compiled() -> Any:
+def load_compiled(name: str) -> Any:
+    """The receiver's compiled module `name` (``_onemessage``, ``_sibling``); None where it is not built
+    or `pure_python` asks for the Python path."""
     if pure_python():
         return None
     try:
-        from . import _onemessage  # type: ignore[attr-defined]
+        return importlib.import_module(f"{__package__}.{name}")
     except ImportError:
         return None
-    return _onemessage
 
 
-compiled = _load_compiled()
+compiled = load_compiled("_onemessage")

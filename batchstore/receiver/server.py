@@ -32,6 +32,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from ..net.sockets import phase_timeout
 from .association import Association, AssociationResult
@@ -41,6 +42,7 @@ from .gate import MAX_ASSOCIATE_RQ, MAX_INCOMPLETE, Gate
 from .hosts import HostAccess
 from .negotiation import PREFERRED_TRANSFER_SYNTAXES, Negotiator
 from .options import ReceiveOptions, association_limit, validate
+from .spawner import ForkServer
 from .store import Store
 
 
@@ -138,6 +140,7 @@ class Server:
         self.spares: dict[int, socket.socket] = {}
         self._retired_spares: set[int] = set()
         self._gate: Gate | None = None  # --fork: the pre-association stage, whose sockets a child closes
+        self._forker: ForkServer | None = None  # --fork: the process that forks the children (`spawner`)
         self.stopping = False
         self.interrupted = False
         self.port = 0
@@ -367,6 +370,10 @@ class Server:
         # what exists now is shared with every child: out of the collector's sight, a child's collection
         # neither walks nor copies it (docs/design.md, "Small runs")
         gc.freeze()
+        if self._spare_count():
+            self._forker = ForkServer.start(self._child_setup, self._spare)
+            if self._forker is not None:
+                log.debug("fork server %d forks the association children", self._forker.pid)
         try:
             while not self.stopping and not self.interrupted:
                 self._reap()
@@ -398,6 +405,13 @@ class Server:
     def _fork_spare(self) -> None:
         _flush_logs()  # a child must not write the parent's buffered lines again
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if self._forker is not None:
+            pid = self._forker.spawn(child_end)
+            if pid is not None:
+                child_end.close()
+                self.spares[pid] = parent_end
+                return
+            self._lose_forker("did not answer")
         try:
             pid = os.fork()
         except OSError as exc:
@@ -411,7 +425,24 @@ class Server:
         child_end.close()
         self.spares[pid] = parent_end
 
-    def _spare(self, channel: socket.socket) -> None:
+    def _lose_forker(self, why: str, reaped: bool = False) -> None:
+        """The fork server failed: end it (unless it is `reaped` already), and fork the children here
+        from now on."""
+        forker = self._forker
+        if forker is None:
+            return
+        log.warning("the fork server (pid %d) %s; forking association children in the receiver", forker.pid, why)
+        forker.close()
+        self._forker = None
+        if reaped:
+            return  # its pid may already be another process's
+        self._retired_spares.add(forker.pid)
+        try:
+            os.kill(forker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _spare(self, channel: socket.socket) -> NoReturn:
         """A pre-forked child: prepare as an association child does, then serve the one association the
         parent hands over, or exit when the parent closes the channel."""
 
@@ -447,7 +478,12 @@ class Server:
         return False
 
     def _retire_spares(self) -> None:
-        """Close the spares' channels: each exits at once (reaped with the association children)."""
+        """Close the spares' channels and the fork server's: each exits at once (reaped with the
+        association children)."""
+        if self._forker is not None:
+            self._forker.close()
+            self._retired_spares.add(self._forker.pid)
+            self._forker = None
         for pid, channel in self.spares.items():
             channel.close()
             self._retired_spares.add(pid)
@@ -456,6 +492,8 @@ class Server:
     def _spawn(
         self, conn: socket.socket, address: tuple[str, int], request: bytes | None = None, accepted: float = 0.0
     ) -> None:
+        if self._forker is not None and not self.spares:
+            self._fork_spare()  # no child ready (a burst): the fork server makes one now
         if self._hand_over(conn, address, request, accepted):
             return
         _flush_logs()  # a child must not write the parent's buffered lines again
@@ -473,12 +511,12 @@ class Server:
 
     def _child(
         self, conn: socket.socket, address: tuple[str, int], request: bytes | None, accepted: float
-    ) -> None:
+    ) -> NoReturn:
         self._in_child(lambda: (conn, address, request, accepted))
 
     def _in_child(
         self, take: Callable[[], tuple[socket.socket, tuple[str, int], bytes | None, float] | None]
-    ) -> None:
+    ) -> NoReturn:
         """A child's whole life: set up, take its association (None: nothing to serve), serve, exit."""
         code = 1
         try:
@@ -493,23 +531,30 @@ class Server:
             self._child_exit(code)
 
     def _child_setup(self) -> None:
-        """In a new child: drop the parent's listening socket, signal handling and wake-up pipe."""
+        """In a new child (or the fork server, whose children then run this again): drop the parent's
+        listening socket, signal handling and wake-up pipe."""
         if self._listener is not None:
             self._listener.close()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
         for channel in self.spares.values():  # the parent's ends: a spare must see EOF when the parent closes
             channel.close()
+        self.spares.clear()
+        if self._forker is not None:  # the same for the fork server
+            self._forker.close()
+            self._forker = None
         if self._gate is not None:  # the stage's connections are the parent's: its copies would keep them open
             for pending in [*self._gate.incomplete.values(), *self._gate.waiting]:
                 pending.sock.close()
         self.store.after_fork()
 
     @staticmethod
-    def _child_exit(code: int) -> None:
+    def _child_exit(code: int) -> NoReturn:
         try:
             _flush_logs()
         except Exception:  # noqa: BLE001 - nothing may stop the exit
@@ -530,6 +575,8 @@ class Server:
             if pid == 0:
                 return
             info = self.children.pop(pid, None)
+            if self._forker is not None and pid == self._forker.pid:
+                self._lose_forker("exited", reaped=True)
             if info is None:
                 self._retired_spares.discard(pid)
                 if pid in self.spares:  # a spare that died before it was needed: another is forked
