@@ -14,6 +14,12 @@
  * (PyOS_AfterFork_Child: the interpreter's state and the at-fork hooks of the child); the hooks run
  * before and after a fork in the forking process are not run, since this loop holds no lock they
  * would take, and neither is the C library's fork preparation, for the same reason.
+ * What the raw clone leaves as it was, which the C library's fork would have set anew in the child: the
+ * thread id glibc keeps in the thread's descriptor (it stays the fork server's; glibc's pthread_kill and
+ * raise on the calling thread ask the kernel for the real one, and the child starts no threads and takes
+ * no priority-inheriting or robust mutex), the robust-mutex list registration (none is used), and
+ * pthread_atfork child handlers of other libraries (OpenSSL's random-state reset: a TLS receiver keeps
+ * to os.fork: it keeps no spare children, server.py).
  * Linux only; elsewhere the module is not built and the receiver forks its children itself.
  */
 #define PY_SSIZE_T_CLEAN
