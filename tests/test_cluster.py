@@ -318,6 +318,23 @@ def test_bad_cluster_address_is_a_usage_error(corpus: tuple[Path, set[str]]) -> 
     assert "local:N needs a number of workers N >= 1" in result.stderr
 
 
+def test_local_cluster_from_a_script_on_stdin_is_a_clear_error(corpus: tuple[Path, set[str]]) -> None:
+    """local:N's workers re-run the main module from its file; a script read from stdin has none."""
+    path, _ = corpus
+    script = (
+        "import batchstore\n"
+        f"batchstore.send([{str(path)!r}], '127.0.0.1', 104, cluster='local:1', scan_directories=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-"], input=script, capture_output=True, text=True, env=batchstore_env(), timeout=120
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("batchstore.sender.cluster.ClusterUnavailable: --cluster local:1:"), result.stderr
+    assert "'<stdin>' is not a file" in last
+    assert "Nanny" not in result.stderr
+
+
 def test_coordinator_killed_then_rerun_resumes(
     dask_cluster: DaskCluster, corpus: tuple[Path, set[str]], tmp_path: Path
 ) -> None:

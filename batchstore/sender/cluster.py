@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pickle
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -162,6 +164,7 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
     local = None
     try:
         if where == "local":
+            _check_main_module(spec)
             import dask
 
             with dask.config.set(LOCAL_CLUSTER_CONFIG):
@@ -193,6 +196,20 @@ def open_cluster(spec: str) -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+def _check_main_module(spec: str) -> None:
+    """``local:N`` starts its worker processes fresh (multiprocessing's spawn), and each runs the calling
+    program's main module again from its file first: a program read from standard input has none, and its
+    workers would die with a traceback. Say so before anything starts."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path and not os.path.isfile(path):
+        raise ClusterUnavailable(
+            f"--cluster {spec}: its worker processes start by running this program's main module from its "
+            f"file, and {path!r} is not a file (a script read from standard input?): run the script from a "
+            "file, or start a scheduler and workers and give its address"
+        )
 
 
 # --- on the coordinator -------------------------------------------------------------------------------
