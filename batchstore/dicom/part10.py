@@ -14,7 +14,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from .uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from .walk import (
@@ -77,8 +77,9 @@ class Instance:
     mtime_ns: int
 
 
-@dataclass(frozen=True)
-class ScanFailure:
+#: A named tuple, not a frozen dataclass: each dataclass created at import cost a send ~0.5 ms of start-up
+#: (docs/design.md, "Small runs").
+class ScanFailure(NamedTuple):
     """An input that cannot be sent, with a reason a person can act on."""
 
     path: str

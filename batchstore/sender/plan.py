@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import NamedTuple, Self
 
 from ..dicom.codecs import can_decode, can_encode
 from ..dicom.part10 import Instance
@@ -99,16 +99,77 @@ def conversion(file_ts: str, ts: str, compress_to: tuple[str, ...] = (), decompr
     return ""
 
 
-@dataclass(frozen=True)
-class ContextGroup:
-    """The presentation contexts of one association (at most 128, context IDs 1, 3, 5 ...)."""
+class _Frozen:
+    """What `ContextGroup` and `Batch` use of a frozen dataclass: equality, hashing, ``repr`` and
+    ``_replace`` over the fields in `_fields`, and no assignment after ``__init__``.
 
+    Hand-written, not dataclasses, and not named tuples (a field named ``index`` would shadow
+    ``tuple.index``): each dataclass created at import cost a send ~0.6 ms of start-up (docs/design.md,
+    "Small runs").
+    """
+
+    __slots__ = ()
+    _fields: tuple[str, ...] = ()
+
+    def _set(self, *values: object) -> None:
+        for name, value in zip(self._fields, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, name) for name in self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self._values(), strict=True))
+        return f"{type(self).__name__}({shown})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: {type(self).__name__} is frozen")
+
+    __delattr__ = __setattr__  # type: ignore[assignment]
+
+    def _replace(self, **changes: object) -> Self:
+        """A copy with `changes` (``dataclasses.replace``'s job)."""
+        return type(self)(**{name: changes.pop(name, getattr(self, name)) for name in self._fields}, **changes)
+
+
+class ContextGroup(_Frozen):
+    """The presentation contexts of one association (at most 128, context IDs 1, 3, 5 ...).
+
+    Attributes
+    ----------
+    index : int
+    contexts : tuple of PresentationContextProposal
+    compress_to : tuple of str
+        The compressed/deflated syntaxes the user proposed (compressed into from uncompressed input).
+    decompress : str
+        dcmsend's decompression policy: "never", "lossless" (default) or "lossy".
+    """
+
+    __slots__ = _fields = ("index", "contexts", "compress_to", "decompress")
     index: int
     contexts: tuple[PresentationContextProposal, ...]
-    #: the compressed/deflated syntaxes the user proposed (compressed into from uncompressed input)
-    compress_to: tuple[str, ...] = ()
-    #: dcmsend's decompression policy: "never", "lossless" (default) or "lossy"
-    decompress: str = "lossless"
+    compress_to: tuple[str, ...]
+    decompress: str
+
+    def __init__(
+        self,
+        index: int,
+        contexts: tuple[PresentationContextProposal, ...],
+        compress_to: tuple[str, ...] = (),
+        decompress: str = "lossless",
+    ) -> None:
+        self._set(index, contexts, compress_to, decompress)
+
+    def __reduce__(self) -> tuple:
+        return ContextGroup, (self.index, self.contexts, self.compress_to, self.decompress)
 
     @property
     def sop_classes(self) -> tuple[str, ...]:
@@ -147,16 +208,27 @@ class ContextGroup:
         return (*own, *convertible)
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(_Frozen):
     """Files of one SOP class and transfer syntax that one worker sends on one association."""
 
+    __slots__ = _fields = ("index", "sop_class_uid", "transfer_syntax", "context_group", "instances", "nbytes")
     index: int
     sop_class_uid: str
     transfer_syntax: str
     context_group: int
     instances: tuple[Instance, ...]
     nbytes: int
+
+    def __init__(
+        self,
+        index: int,
+        sop_class_uid: str,
+        transfer_syntax: str,
+        context_group: int,
+        instances: tuple[Instance, ...],
+        nbytes: int,
+    ) -> None:
+        self._set(index, sop_class_uid, transfer_syntax, context_group, instances, nbytes)
 
     def __reduce__(self) -> tuple:
         # Pickled (to a worker) as plain tuples: each file's path, SOP instance UID, size, data offset and
@@ -205,8 +277,7 @@ def _batch(
     return Batch(index, sop_class, syntax, group, tuple(instances), nbytes)
 
 
-@dataclass(frozen=True)
-class PlanOptions:
+class PlanOptions(NamedTuple):
     """How to propose presentation contexts and cut batches (storescu's ``-x…``, ``+C``, ``-R``, ``-xf``).
 
     Attributes
@@ -247,17 +318,21 @@ class PlanOptions:
         return tuple(ts for ts in PROPOSAL_MODES.get(self.proposal, ()) if not is_uncompressed(ts))
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Everything the dispatcher needs; `instance_count` and `total_bytes` count planned files only."""
+class Plan(NamedTuple):
+    """Everything the dispatcher needs; `instance_count` and `total_bytes` count planned files only.
+
+    `Plan` and `PlanOptions` are named tuples, not frozen dataclasses: each dataclass created at import cost a
+    send ~0.7 ms of start-up (docs/design.md, "Small runs"). ``options._replace(batch_size=50)`` gives a
+    changed copy.
+    """
 
     batches: tuple[Batch, ...]
     context_groups: tuple[ContextGroup, ...]
     instance_count: int
     total_bytes: int
-    unplannable: tuple[tuple[Instance, str], ...] = field(default=())
+    unplannable: tuple[tuple[Instance, str], ...] = ()
     #: files not to send, with the reason (DICOMDIRs): reported as not sent, they do not halt the run
-    skipped: tuple[tuple[Instance, str], ...] = field(default=())
+    skipped: tuple[tuple[Instance, str], ...] = ()
 
 
 def _uid_key(uid: str) -> tuple[int | str, ...]:

@@ -30,7 +30,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .outcomes import NOT_SENT, PERMANENT, SUCCESS, TRANSIENT, WARNING
 
@@ -121,9 +121,11 @@ def outcomes_from_rows(rows: list[tuple]) -> list[Outcome]:
     return [Outcome(*row) for row in rows]
 
 
-@dataclass(frozen=True)
-class AssociationRecord:
-    """One association a worker opened: for the summary (and ``+v``)."""
+class AssociationRecord(NamedTuple):
+    """One association a worker opened: for the summary (and ``+v``).
+
+    A named tuple, not a frozen dataclass: start-up (docs/design.md, "Small runs").
+    """
 
     number: int
     worker: int
@@ -291,7 +293,7 @@ class Report:
                 "interrupted": self.interrupted,
                 "exit_code": self.exit_code(),
             },
-            "associations": [asdict(a) for a in self.associations],
+            "associations": [a._asdict() for a in self.associations],
             "files": self.records() if records is None else records,
         }
 
