@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from operator import attrgetter
-from typing import NamedTuple, Self
+from typing import NamedTuple
 
 from ..dicom.codecs import can_decode, can_encode
+from ..dicom.frozen import Frozen
 from ..dicom.part10 import Instance
 from ..dicom.uids import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -99,49 +100,11 @@ def conversion(file_ts: str, ts: str, compress_to: tuple[str, ...] = (), decompr
     return ""
 
 
-class _Frozen:
-    """What `ContextGroup` and `Batch` use of a frozen dataclass: equality, hashing, ``repr`` and
-    ``_replace`` over the fields in `_fields`, and no assignment after ``__init__``.
-
-    Hand-written, not dataclasses, and not named tuples (a field named ``index`` would shadow
-    ``tuple.index``): each dataclass created at import cost a send ~0.6 ms of start-up (docs/design.md,
-    "Small runs").
-    """
-
-    __slots__ = ()
-    _fields: tuple[str, ...] = ()
-
-    def _set(self, *values: object) -> None:
-        for name, value in zip(self._fields, values, strict=True):
-            object.__setattr__(self, name, value)
-
-    def _values(self) -> tuple:
-        return tuple(getattr(self, name) for name in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={value!r}" for name, value in zip(self._fields, self._values(), strict=True))
-        return f"{type(self).__name__}({shown})"
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"cannot assign to field {name!r}: {type(self).__name__} is frozen")
-
-    __delattr__ = __setattr__  # type: ignore[assignment]
-
-    def _replace(self, **changes: object) -> Self:
-        """A copy with `changes` (``dataclasses.replace``'s job)."""
-        return type(self)(**{name: changes.pop(name, getattr(self, name)) for name in self._fields}, **changes)
-
-
-class ContextGroup(_Frozen):
+class ContextGroup(Frozen):
     """The presentation contexts of one association (at most 128, context IDs 1, 3, 5 ...).
+
+    `ContextGroup` and `Batch` are `Frozen` records, not dataclasses (start-up, docs/design.md "Small runs"),
+    nor named tuples (the field ``index`` would shadow ``tuple.index``); ``_replace`` gives a changed copy.
 
     Attributes
     ----------
@@ -208,7 +171,7 @@ class ContextGroup(_Frozen):
         return (*own, *convertible)
 
 
-class Batch(_Frozen):
+class Batch(Frozen):
     """Files of one SOP class and transfer syntax that one worker sends on one association."""
 
     __slots__ = _fields = ("index", "sop_class_uid", "transfer_syntax", "context_group", "instances", "nbytes")
