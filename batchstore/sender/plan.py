@@ -207,7 +207,7 @@ class Batch(Frozen):
         return _batch, (self.index, sop_class, syntax, self.context_group, rows, shared, self.nbytes)
 
 
-#: `Instance`'s fields in order (a test checks them against the dataclass), and those of one file that a
+#: `Instance`'s fields in order (a test checks them against `Instance._fields`), and those of one file that a
 #: batch does not share with its other files.
 INSTANCE_FIELDS = (
     "path", "sop_class_uid", "sop_instance_uid", "transfer_syntax", "size", "data_offset", "mtime_ns"
@@ -221,8 +221,8 @@ def _batch(
 ) -> Batch:
     """A `Batch` from its pickled form (`Batch.__reduce__`).
 
-    Each `Instance` is made as pickle makes a dataclass, its ``__dict__`` filled directly: the frozen
-    dataclass's ``__init__`` (one ``object.__setattr__`` per field) costs twice as much.
+    Each `Instance` is made as pickle makes one, its ``__dict__`` filled directly: its ``__init__`` (one
+    ``object.__setattr__`` per field, as the frozen dataclass it was) costs about twice as much.
     """
     new = object.__new__
     instances = []
