@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Callable
 from typing import Final, Literal, NamedTuple
 
-from .frozen import Frozen
+from .records import Frozen
 from .uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from .walk import (
     ALL_VRS,

@@ -13,8 +13,8 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from ..dicom.codecs import can_decode, can_encode
-from ..dicom.frozen import Frozen
 from ..dicom.part10 import Instance
+from ..dicom.records import Frozen
 from ..dicom.uids import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
