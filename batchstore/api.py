@@ -132,7 +132,7 @@ def plan_run(
     most = AUTO_BATCH_FILES_CLUSTER if options.cluster else AUTO_BATCH_FILES
     size = options.batch_size or auto_batch_size(len(instances) * max(1, options.repeat), workers, most)
     if plan_options.batch_size != size:
-        plan_options = replace(plan_options, batch_size=size)
+        plan_options = plan_options._replace(batch_size=size)
     return make_plan(instances, plan_options), instances, failures
 
 
@@ -305,7 +305,7 @@ def _send(
     if edits.invent_instance and not edits.run_id:
         import uuid  # +II only (uuid loads platform: 4 ms of every start-up)
 
-        edits = replace(edits, run_id=uuid.uuid4().hex)
+        edits = edits._replace(run_id=uuid.uuid4().hex)
     config = WorkerConfig(
         association=AssociationOptions(
             host=host,
@@ -483,11 +483,11 @@ def load(
     options = options or LoadOptions()
     network = {k: v for k, v in overrides.items() if k in _ASSOCIATION_FIELDS}
     if network:
-        options = replace(options, association=replace(options.association, **network))  # type: ignore[arg-type]
+        options = replace(options, association=options.association._replace(**network))  # type: ignore[arg-type]
     rest = {k: v for k, v in overrides.items() if k not in network}
     options = replace(options, **rest)  # type: ignore[arg-type]
     return run_load(paths, host, port, options, progress)
 
 
 #: `AssociationOptions` fields `load` takes as keywords (``called_ae="PACS"``) besides `LoadOptions`' own.
-_ASSOCIATION_FIELDS = frozenset(AssociationOptions.__dataclass_fields__) - {"host", "port"}
+_ASSOCIATION_FIELDS = frozenset(AssociationOptions._fields) - {"host", "port"}

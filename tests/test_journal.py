@@ -5,7 +5,6 @@ Peers are `ScriptedSCP` on loopback; each test checks the C-STOREs the peer saw,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -231,7 +230,7 @@ def test_many_outcomes_in_one_commit_are_all_written(corpus: tuple[Path, list[di
         inst = instances[n % len(instances)]
         link = links / f"{n:04d}.dcm"
         link.symlink_to(inst.path)
-        many.append(dataclasses.replace(inst, path=str(link)))
+        many.append(inst._replace(path=str(link)))
     db = str(tmp_path / "j.db")
     tried = many[: 2 * per + 5]
     with Journal(db) as j:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from dataclasses import replace
 
 import pytest
 
@@ -327,7 +326,7 @@ def test_candidates() -> None:
     assert GROUP.candidates(CT, LEI) == (5, 3)
     assert GROUP.candidates(CT, JPEG_BASELINE) == (1,)
     assert GROUP.candidates(CT, RLE_LOSSLESS) == (3, 5)  # decompressed (issue 12)
-    assert replace(GROUP, decompress="never").candidates(CT, RLE_LOSSLESS) == ()
+    assert GROUP._replace(decompress="never").candidates(CT, RLE_LOSSLESS) == ()
     assert GROUP.candidates(MR, LEE) == (7,)
     assert GROUP.candidates(US, LEE) == ()
 
@@ -367,9 +366,9 @@ def test_decompress_lossless_by_default_explicit_before_implicit() -> None:
     )
     assert context_choices(GROUP, CT, RLE_LOSSLESS, {5: BEE}) == ()  # never into big endian
     assert choose_context(GROUP, CT, JPEG_BASELINE, {3: LEE}) is None  # lossy: not by default
-    lossy = replace(GROUP, decompress="lossy")
+    lossy = GROUP._replace(decompress="lossy")
     assert choose_context(lossy, CT, JPEG_BASELINE, {3: LEE}) == (3, LEE, "decompress")
-    never = replace(GROUP, decompress="never")
+    never = GROUP._replace(decompress="never")
     assert choose_context(never, CT, RLE_LOSSLESS, {3: LEE, 5: LEI}) is None
 
 

@@ -199,3 +199,23 @@ def test_send_path_imports() -> None:
              "numpy", "psutil", "tqdm", "dask", "ssl"}  # fmt: skip
     assert heavy & loaded == set()
     assert {"batchstore.sender.inline", "batchstore.sender.coordinator", "click"} <= loaded
+
+
+#: The dataclasses created while the send path is imported: `Report` only (a public class that
+#: `JournalReport` extends as a dataclass). Each costs ~0.6 ms of every send's start-up; the others are
+#: named tuples or `dicom.records` classes (docs/design.md, "Small runs").
+SEND_PATH_DATACLASSES = ["batchstore.sender.report.Report"]
+
+
+def test_send_path_creates_few_dataclasses() -> None:
+    """Every dataclass created at import, batchstore's or a library's, counted as it is made."""
+    code = (
+        "import dataclasses; made = []; process = dataclasses._process_class\n"
+        "def counted(cls, *args, **kwargs):\n"
+        "    made.append(f'{cls.__module__}.{cls.__qualname__}'); return process(cls, *args, **kwargs)\n"
+        "dataclasses._process_class = counted\n"
+        "from batchstore.cli import main; import batchstore.cli.send, batchstore.api; print(' '.join(made))"
+    )
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=batchstore_env()).stdout.split()  # fmt: skip
+    assert sorted(made) == SEND_PATH_DATACLASSES

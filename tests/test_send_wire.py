@@ -5,6 +5,7 @@ response that arrives in parts). docs/design.md, "The send side, issue 17"."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import multiprocessing
 import pickle
 import time
@@ -15,9 +16,10 @@ from peers import BatchstoreReceiver, DcmtkStorescp, make_corpus, received_index
 
 from batchstore.dicom.part10 import Instance, read_dataset_bytes, read_instance
 from batchstore.net import pdu
+from batchstore.net.acse import PresentationContextProposal
 from batchstore.sender import outcomes as st
 from batchstore.sender.messages import Results, RunBatch
-from batchstore.sender.plan import INSTANCE_FIELDS, Batch
+from batchstore.sender.plan import INSTANCE_FIELDS, Batch, ContextGroup
 from batchstore.sender.report import OUTCOME_FIELDS, Outcome
 from batchstore.sender.scu import AssociationOptions, StoreSCU
 
@@ -39,8 +41,8 @@ def _through_a_pipe(message: object) -> object:
 
 
 def test_the_wire_field_lists_are_the_dataclasses_fields() -> None:
-    assert OUTCOME_FIELDS == tuple(f.name for f in dataclasses.fields(Outcome))
-    assert INSTANCE_FIELDS == tuple(f.name for f in dataclasses.fields(Instance))
+    assert OUTCOME_FIELDS == Outcome._fields == tuple(inspect.signature(Outcome).parameters)
+    assert INSTANCE_FIELDS == Instance._fields == tuple(inspect.signature(Instance).parameters)
 
 
 def test_outcomes_cross_the_pipe_whole_and_as_tuples() -> None:
@@ -79,6 +81,46 @@ def test_a_batch_crosses_the_pipe_whole() -> None:
     # the SOP class and syntax travel once: every file of the received batch shares the batch's strings
     assert all(i.sop_class_uid is received.sop_class_uid for i in received.instances)
     assert all(i.transfer_syntax is received.transfer_syntax for i in received.instances)
+
+
+def test_the_frozen_records_behave_as_their_dataclasses_did() -> None:
+    """`Instance`, `Batch`, `ContextGroup` and `Outcome` are hand-written now (start-up): the constructor,
+    equality, hashing, ``repr``, pickling, copies and (but for `Outcome`) the refusal to change stay what the
+    dataclasses gave."""
+    inst = Instance("/in/a.dcm", CT, "1.2.3", EXPLICIT, 1024, 330, 7)
+    assert repr(inst) == (
+        f"Instance(path='/in/a.dcm', sop_class_uid='{CT}', sop_instance_uid='1.2.3', "
+        f"transfer_syntax='{EXPLICIT}', size=1024, data_offset=330, mtime_ns=7)"
+    )
+    same = Instance(path="/in/a.dcm", sop_class_uid=CT, sop_instance_uid="1.2.3", transfer_syntax=EXPLICIT,
+                    size=1024, data_offset=330, mtime_ns=7)  # fmt: skip
+    assert same == inst and hash(same) == hash(inst) and len({inst, same}) == 1
+    assert inst != Instance("/in/a.dcm", CT, "1.2.3", EXPLICIT, 1024, 330, 8)
+    assert inst != tuple(getattr(inst, f) for f in INSTANCE_FIELDS)  # not a tuple
+    assert "__dict__" in dir(inst) and vars(inst) == dict(zip(INSTANCE_FIELDS, inst._values(), strict=True))
+    moved = inst._replace(path="/in/b.dcm")
+    assert (moved.path, moved.size, inst.path) == ("/in/b.dcm", 1024, "/in/a.dcm")
+    with pytest.raises(TypeError):
+        inst._replace(colour="red")
+    for record in (inst, Batch(0, CT, EXPLICIT, 1, (inst,), 1024)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            record.size = 1  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            del record.path  # type: ignore[misc]
+        assert pickle.loads(pickle.dumps(record)) == record
+    group = ContextGroup(1, (PresentationContextProposal(1, CT, (EXPLICIT,)),), (), "never")
+    assert pickle.loads(pickle.dumps(group)) == group and hash(group) == hash(pickle.loads(pickle.dumps(group)))
+    assert group._replace(decompress="lossy") == ContextGroup(1, group.contexts, (), "lossy")
+    assert repr(group).startswith("ContextGroup(index=1, contexts=(PresentationContextProposal(context_id=1, ")
+    outcome = Outcome("/in/a.dcm", CT, category=st.SUCCESS, status=0)
+    assert outcome == Outcome("/in/a.dcm", CT, "", "", "", False, st.SUCCESS, 0)
+    assert repr(outcome).startswith(f"Outcome(path='/in/a.dcm', sop_class_uid='{CT}', sop_instance_uid='', ")
+    outcome.association = 3  # numbered in place by the coordinator
+    assert outcome != Outcome("/in/a.dcm", CT, category=st.SUCCESS, status=0)
+    assert outcome._replace(worker=2).worker == 2 and outcome.worker == 0
+    with pytest.raises(TypeError):
+        hash(outcome)  # mutable: not hashable, as the dataclass was not
+    assert pickle.loads(pickle.dumps(outcome)) == outcome
 
 
 def test_a_batch_of_files_of_several_classes_crosses_whole() -> None:

@@ -13,9 +13,9 @@ import stat
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
+from .records import Frozen
 from .uids import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, EXPLICIT_VR_LE, IMPLICIT_VR_LE
 from .walk import (
     ALL_VRS,
@@ -48,9 +48,15 @@ __all__ = [
 ReadMode = Literal["auto", "file-only", "dataset"]
 
 
-@dataclass(frozen=True)
-class Instance:
+_set = object.__setattr__
+
+
+class Instance(Frozen):
     """One readable input file: what it holds and where its data set starts.
+
+    A `Frozen` record, not a frozen dataclass (start-up, docs/design.md "Small runs"): the same
+    constructor, attributes, equality, hashing and ``repr``; ``inst._replace(path=...)`` gives a changed
+    copy. No ``__slots__``: `sender.plan` rebuilds a batch's instances by filling their ``__dict__``.
 
     Attributes
     ----------
@@ -68,6 +74,7 @@ class Instance:
         Modification time, for resume bookkeeping.
     """
 
+    _fields = ("path", "sop_class_uid", "sop_instance_uid", "transfer_syntax", "size", "data_offset", "mtime_ns")
     path: str
     sop_class_uid: str
     sop_instance_uid: str
@@ -76,9 +83,30 @@ class Instance:
     data_offset: int
     mtime_ns: int
 
+    def __init__(
+        self,
+        path: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        transfer_syntax: str,
+        size: int,
+        data_offset: int,
+        mtime_ns: int,
+    ) -> None:
+        # one call per field, as the dataclass's __init__ made them (not `Frozen._set`'s loop: this is
+        # once per scanned file)
+        _set(self, "path", path)
+        _set(self, "sop_class_uid", sop_class_uid)
+        _set(self, "sop_instance_uid", sop_instance_uid)
+        _set(self, "transfer_syntax", transfer_syntax)
+        _set(self, "size", size)
+        _set(self, "data_offset", data_offset)
+        _set(self, "mtime_ns", mtime_ns)
 
-@dataclass(frozen=True)
-class ScanFailure:
+
+#: A named tuple, not a frozen dataclass: each dataclass created at import cost a send ~0.5 ms of start-up
+#: (docs/design.md, "Small runs").
+class ScanFailure(NamedTuple):
     """An input that cannot be sent, with a reason a person can act on."""
 
     path: str

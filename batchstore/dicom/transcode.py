@@ -17,8 +17,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .uids import (
     DEFLATED_EXPLICIT_VR_LE,
@@ -41,8 +40,9 @@ SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _NEW_VRS = {"UN", "UT", "UC", "UR", "OD", "OL", "OV", "SV", "UV"}
 
 
-@dataclass(frozen=True)
-class EditOptions:
+# The two classes below are named tuples, not frozen dataclasses: each dataclass created at import cost a
+# send ~0.7 ms of start-up (docs/design.md, "Small runs"). ``edits._replace(run_id=...)`` gives a changed copy.
+class EditOptions(NamedTuple):
     """Edits applied on the slow path (storescu's ``+II +IR +IS +IP -up -u``)."""
 
     invent_instance: bool = False
@@ -118,8 +118,7 @@ def invent_uids(ds: Dataset, index: int, edits: EditOptions) -> None:
                 ds.PatientName = f"BATCHSTORE^{run[:8]}{patient:06d}"
 
 
-@dataclass(frozen=True)
-class Encoded:
+class Encoded(NamedTuple):
     """A data set re-encoded for sending."""
 
     payload: bytes | bytearray

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Any, Protocol
 
@@ -156,7 +156,7 @@ def load(
             "than one association carries (128): load-test with fewer SOP classes and transfer syntaxes"
         )
     group = plan.context_groups[0]
-    association = replace(options.association, host=host, port=port)
+    association = options.association._replace(host=host, port=port)
     accepted = _probe(association, group)
     read_only = options.read_mode == "dataset"
     try:

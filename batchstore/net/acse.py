@@ -15,7 +15,6 @@ sides agree (tests/test_acse.py), and that no input makes the decoder raise anyt
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ..dicom.meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -45,8 +44,9 @@ PC_ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
 PC_TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
 
 
-@dataclass(frozen=True)
-class PresentationContextProposal:
+# Named tuples, and a plain class for the mutable `AssociationAccept`, not dataclasses: each dataclass
+# created at import cost a send ~0.6 ms of start-up (docs/design.md, "Small runs").
+class PresentationContextProposal(NamedTuple):
     """One proposed presentation context: an abstract syntax and its transfer syntaxes, preferred first."""
 
     context_id: int
@@ -54,8 +54,7 @@ class PresentationContextProposal:
     transfer_syntaxes: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class UserIdentity:
+class UserIdentity(NamedTuple):
     """User Identity Negotiation (PS3.7 D.3.3.7) as requested by ``-usr -pwd -kt --saml --jwt -rsp``."""
 
     kind: int  # 1 username, 2 username+password, 3 Kerberos, 4 SAML, 5 JWT
@@ -64,8 +63,7 @@ class UserIdentity:
     positive_response: bool = False
 
 
-@dataclass(frozen=True)
-class AssociationRequest:
+class AssociationRequest(NamedTuple):
     """What a requestor proposes (or what an acceptor received)."""
 
     calling_ae: str
@@ -80,16 +78,33 @@ class AssociationRequest:
     roles: tuple[tuple[str, bool, bool], ...] = ()
 
 
-@dataclass
 class AssociationAccept:
-    """The acceptor's answer: per context result and transfer syntax, and its limits."""
+    """The acceptor's answer: per context result and transfer syntax, and its limits.
 
-    max_pdu: int  # the peer's maximum receive PDU length (0 = unlimited)
-    results: dict[int, tuple[int, str]] = field(default_factory=dict)  # context id -> (result, ts)
-    implementation_class_uid: str = ""
-    implementation_version_name: str = ""
-    user_identity_response: bytes | None = None
-    roles: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # abstract syntax -> (SCU, SCP)
+    Filled in place as the A-ASSOCIATE-AC is decoded. Nothing compares or prints one, so it has no
+    ``__eq__`` or ``__repr__`` of its own.
+    """
+
+    __slots__ = (
+        "max_pdu", "results", "implementation_class_uid", "implementation_version_name",
+        "user_identity_response", "roles",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        max_pdu: int,  # the peer's maximum receive PDU length (0 = unlimited)
+        results: dict[int, tuple[int, str]] | None = None,  # context id -> (result, ts)
+        implementation_class_uid: str = "",
+        implementation_version_name: str = "",
+        user_identity_response: bytes | None = None,
+        roles: dict[str, tuple[bool, bool]] | None = None,  # abstract syntax -> (SCU, SCP)
+    ) -> None:
+        self.max_pdu = max_pdu
+        self.results = {} if results is None else results
+        self.implementation_class_uid = implementation_class_uid
+        self.implementation_version_name = implementation_version_name
+        self.user_identity_response = user_identity_response
+        self.roles = {} if roles is None else roles
 
     def accepted(self) -> dict[int, str]:
         """Context ID -> accepted transfer syntax, for accepted contexts only."""

@@ -44,7 +44,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import cluster_task
@@ -515,7 +515,7 @@ class ClusterCoordinator(Coordinator):
                     cut.append((batch, start))
                     continue
                 for part, at in ((batch.instances[:half], start), (batch.instances[half:], start + half)):
-                    cut.append((replace(batch, instances=part, nbytes=sum(i.size for i in part)), at))
+                    cut.append((batch._replace(instances=part, nbytes=sum(i.size for i in part)), at))
             self.queues[group] = cut
 
     def _promote(self, wid: int, slot: _Slot) -> None:

@@ -24,7 +24,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Protocol
 
 from ..dicom.part10 import Instance
@@ -225,7 +224,7 @@ class Coordinator:
             slot.assoc_failures = 0
             number = len(self.report.associations) + 1
             self.assoc_numbers[(wid, message.local_number)] = number
-            self.report.associations.append(replace(message.record, number=number))
+            self.report.associations.append(message.record._replace(number=number))
         elif isinstance(message, Ready):
             slot.batch = None
             slot.connecting = False
@@ -311,7 +310,7 @@ class Coordinator:
         if others:
             self._shrink(f"association refused while {others} other(s) connected ({error})", limit=others)
         elif slot.assoc_failures > self.config.retries:
-            remainder = replace(batch, instances=tuple(rest))
+            remainder = batch._replace(instances=tuple(rest))
             self._fail_batch(
                 wid, remainder, st.TRANSIENT, f"association failed: {error}", slot.assoc_failures
             )
@@ -319,7 +318,7 @@ class Coordinator:
             return
         self.report.retries += 1
         if rest:
-            requeued = replace(batch, instances=tuple(rest), nbytes=sum(i.size for i in rest))
+            requeued = batch._replace(instances=tuple(rest), nbytes=sum(i.size for i in rest))
             self.queues.setdefault(batch.context_group, deque()).appendleft((requeued, start + offset))
         slot.parked_until = time.monotonic() + backoff(min(slot.assoc_failures, 8), self.config.retry_wait)
 
@@ -399,7 +398,7 @@ class Coordinator:
                 len(rest),
             )
             if rest:
-                requeued = replace(batch, instances=tuple(rest), nbytes=sum(i.size for i in rest))
+                requeued = batch._replace(instances=tuple(rest), nbytes=sum(i.size for i in rest))
                 self.queues.setdefault(batch.context_group, deque()).appendleft(
                     (requeued, slot.start_index + slot.done_in_batch)
                 )
@@ -426,7 +425,7 @@ class Coordinator:
             return ()
         first, mark = entry
         if self.accepted > mark:
-            return tuple(replace(f, previous_ok=True) for f in first)
+            return tuple(f._replace(previous_ok=True) for f in first)
         return first
 
     def _later(self, slot: _Slot, message: Later) -> None:
@@ -435,7 +434,7 @@ class Coordinator:
         if batch is None or not message.offsets:
             return
         files = tuple(batch.instances[i] for i in message.offsets)
-        later = replace(batch, instances=files, nbytes=sum(i.size for i in files))
+        later = batch._replace(instances=files, nbytes=sum(i.size for i in files))
         self._retry_of[id(later)] = (message.first, self.accepted)
         self.queues.setdefault(batch.context_group, deque()).append(
             (later, slot.start_index + message.offsets[0])

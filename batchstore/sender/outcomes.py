@@ -12,7 +12,7 @@ peer accepted other files, makes it the file's problem (permanent) rather than t
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..net.errors import NetError
 
@@ -141,14 +141,13 @@ def failure_kind(status: int | None, exc: BaseException | None = None) -> str:
     return "error"
 
 
-@dataclass(frozen=True, slots=True)
-class Attribution:
+class Attribution(NamedTuple):
     """A file's first transient failure, put aside to be retried once after other files.
 
     `emitted` and `failures` are the worker's counters when it failed: the files it had reported, and how
     many of those had failed. Their differences at the retry give how many files the peer accepted in
     between, without any bookkeeping for files that succeed. `previous_ok`: the file sent just before this
-    one was accepted.
+    one was accepted. A named tuple, not a frozen dataclass: start-up (docs/design.md, "Small runs").
     """
 
     kind: str

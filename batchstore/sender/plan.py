@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import NamedTuple
 
 from ..dicom.codecs import can_decode, can_encode
 from ..dicom.part10 import Instance
+from ..dicom.records import Frozen
 from ..dicom.uids import (
     DEFLATED_EXPLICIT_VR_LE,
     EXPLICIT_VR_BE,
@@ -99,16 +100,39 @@ def conversion(file_ts: str, ts: str, compress_to: tuple[str, ...] = (), decompr
     return ""
 
 
-@dataclass(frozen=True)
-class ContextGroup:
-    """The presentation contexts of one association (at most 128, context IDs 1, 3, 5 ...)."""
+class ContextGroup(Frozen):
+    """The presentation contexts of one association (at most 128, context IDs 1, 3, 5 ...).
 
+    `ContextGroup` and `Batch` are `Frozen` records, not dataclasses (start-up, docs/design.md "Small runs"),
+    nor named tuples (the field ``index`` would shadow ``tuple.index``); ``_replace`` gives a changed copy.
+
+    Attributes
+    ----------
+    index : int
+    contexts : tuple of PresentationContextProposal
+    compress_to : tuple of str
+        The compressed/deflated syntaxes the user proposed (compressed into from uncompressed input).
+    decompress : str
+        dcmsend's decompression policy: "never", "lossless" (default) or "lossy".
+    """
+
+    __slots__ = _fields = ("index", "contexts", "compress_to", "decompress")
     index: int
     contexts: tuple[PresentationContextProposal, ...]
-    #: the compressed/deflated syntaxes the user proposed (compressed into from uncompressed input)
-    compress_to: tuple[str, ...] = ()
-    #: dcmsend's decompression policy: "never", "lossless" (default) or "lossy"
-    decompress: str = "lossless"
+    compress_to: tuple[str, ...]
+    decompress: str
+
+    def __init__(
+        self,
+        index: int,
+        contexts: tuple[PresentationContextProposal, ...],
+        compress_to: tuple[str, ...] = (),
+        decompress: str = "lossless",
+    ) -> None:
+        self._set(index, contexts, compress_to, decompress)
+
+    def __reduce__(self) -> tuple:
+        return ContextGroup, (self.index, self.contexts, self.compress_to, self.decompress)
 
     @property
     def sop_classes(self) -> tuple[str, ...]:
@@ -147,16 +171,27 @@ class ContextGroup:
         return (*own, *convertible)
 
 
-@dataclass(frozen=True)
-class Batch:
+class Batch(Frozen):
     """Files of one SOP class and transfer syntax that one worker sends on one association."""
 
+    __slots__ = _fields = ("index", "sop_class_uid", "transfer_syntax", "context_group", "instances", "nbytes")
     index: int
     sop_class_uid: str
     transfer_syntax: str
     context_group: int
     instances: tuple[Instance, ...]
     nbytes: int
+
+    def __init__(
+        self,
+        index: int,
+        sop_class_uid: str,
+        transfer_syntax: str,
+        context_group: int,
+        instances: tuple[Instance, ...],
+        nbytes: int,
+    ) -> None:
+        self._set(index, sop_class_uid, transfer_syntax, context_group, instances, nbytes)
 
     def __reduce__(self) -> tuple:
         # Pickled (to a worker) as plain tuples: each file's path, SOP instance UID, size, data offset and
@@ -172,7 +207,7 @@ class Batch:
         return _batch, (self.index, sop_class, syntax, self.context_group, rows, shared, self.nbytes)
 
 
-#: `Instance`'s fields in order (a test checks them against the dataclass), and those of one file that a
+#: `Instance`'s fields in order (a test checks them against `Instance._fields`), and those of one file that a
 #: batch does not share with its other files.
 INSTANCE_FIELDS = (
     "path", "sop_class_uid", "sop_instance_uid", "transfer_syntax", "size", "data_offset", "mtime_ns"
@@ -186,8 +221,8 @@ def _batch(
 ) -> Batch:
     """A `Batch` from its pickled form (`Batch.__reduce__`).
 
-    Each `Instance` is made as pickle makes a dataclass, its ``__dict__`` filled directly: the frozen
-    dataclass's ``__init__`` (one ``object.__setattr__`` per field) costs twice as much.
+    Each `Instance` is made as pickle makes one, its ``__dict__`` filled directly: its ``__init__`` (one
+    ``object.__setattr__`` per field, as the frozen dataclass it was) costs about twice as much.
     """
     new = object.__new__
     instances = []
@@ -205,8 +240,7 @@ def _batch(
     return Batch(index, sop_class, syntax, group, tuple(instances), nbytes)
 
 
-@dataclass(frozen=True)
-class PlanOptions:
+class PlanOptions(NamedTuple):
     """How to propose presentation contexts and cut batches (storescu's ``-x…``, ``+C``, ``-R``, ``-xf``).
 
     Attributes
@@ -247,17 +281,21 @@ class PlanOptions:
         return tuple(ts for ts in PROPOSAL_MODES.get(self.proposal, ()) if not is_uncompressed(ts))
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Everything the dispatcher needs; `instance_count` and `total_bytes` count planned files only."""
+class Plan(NamedTuple):
+    """Everything the dispatcher needs; `instance_count` and `total_bytes` count planned files only.
+
+    `Plan` and `PlanOptions` are named tuples, not frozen dataclasses: each dataclass created at import cost a
+    send ~0.7 ms of start-up (docs/design.md, "Small runs"). ``options._replace(batch_size=50)`` gives a
+    changed copy.
+    """
 
     batches: tuple[Batch, ...]
     context_groups: tuple[ContextGroup, ...]
     instance_count: int
     total_bytes: int
-    unplannable: tuple[tuple[Instance, str], ...] = field(default=())
+    unplannable: tuple[tuple[Instance, str], ...] = ()
     #: files not to send, with the reason (DICOMDIRs): reported as not sent, they do not halt the run
-    skipped: tuple[tuple[Instance, str], ...] = field(default=())
+    skipped: tuple[tuple[Instance, str], ...] = ()
 
 
 def _uid_key(uid: str) -> tuple[int | str, ...]:

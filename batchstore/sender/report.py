@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
-from operator import attrgetter
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..dicom.records import Record
 from .outcomes import NOT_SENT, PERMANENT, SUCCESS, TRANSIENT, WARNING
 
 if TYPE_CHECKING:
@@ -57,29 +57,93 @@ DCMTK_EXIT_ERROR = 1
 DCMTK_EXIT_NETWORK = 10
 
 
-@dataclass
-class Outcome:
+#: `Outcome`'s fields in order: an outcome crosses a process boundary as a plain tuple of these
+#: (`outcome_rows`), which pickles in a fifth of the time an `Outcome` does and unpickles, rebuilt with
+#: `outcomes_from_rows`, in a quarter (docs/design.md, "The send side, issue 17"). A test checks the
+#: list against the constructor's parameters.
+OUTCOME_FIELDS = (
+    "path", "sop_class_uid", "sop_instance_uid", "original_ts", "sent_ts", "pixels_decoded", "category",
+    "status", "error", "association", "context_id", "duration_ms", "attempts", "worker", "size",
+)  # fmt: skip
+
+
+class Outcome(Record):
     """What happened to one input file (one record of the report).
 
     Not frozen: a frozen dataclass costs 4x as much to create, and the coordinator numbers each
-    outcome's association in place instead of copying it (perf/: ~5 us per 1 KB file).
+    outcome's association in place instead of copying it (perf/: ~5 us per 1 KB file). A `Record`, not a
+    dataclass (start-up, docs/design.md "Small runs"): the same constructor, attributes, equality and
+    ``repr``; ``outcome._replace(...)`` for a changed copy, `outcome_record` for its fields as a dictionary.
+
+    Attributes
+    ----------
+    path, sop_class_uid, sop_instance_uid : str
+    original_ts, sent_ts : str
+        The file's transfer syntax, and the one it was sent in.
+    pixels_decoded : bool
+        Compressed pixel data were decoded to send the file (issue 12).
+    category : str
+        status.SUCCESS / WARNING / TRANSIENT / PERMANENT / NOT_SENT.
+    status : int or None
+        The DIMSE status of the C-STORE-RSP, when there was one.
+    error : str
+    association : int
+        Run-wide association number (1-based; 0: none).
+    context_id, duration_ms, attempts, worker, size
     """
 
+    _fields = OUTCOME_FIELDS
+
     path: str
-    sop_class_uid: str = ""
-    sop_instance_uid: str = ""
-    original_ts: str = ""
-    sent_ts: str = ""
-    pixels_decoded: bool = False  # compressed pixel data were decoded to send the file (issue 12)
-    category: str = NOT_SENT  # status.SUCCESS / WARNING / TRANSIENT / PERMANENT / NOT_SENT
-    status: int | None = None  # the DIMSE status of the C-STORE-RSP, when there was one
-    error: str = ""
-    association: int = 0  # run-wide association number (1-based; 0: none)
-    context_id: int = 0
-    duration_ms: float = 0.0
-    attempts: int = 0
-    worker: int = 0
-    size: int = 0
+    sop_class_uid: str
+    sop_instance_uid: str
+    original_ts: str
+    sent_ts: str
+    pixels_decoded: bool
+    category: str
+    status: int | None
+    error: str
+    association: int
+    context_id: int
+    duration_ms: float
+    attempts: int
+    worker: int
+    size: int
+
+    def __init__(
+        self,
+        path: str,
+        sop_class_uid: str = "",
+        sop_instance_uid: str = "",
+        original_ts: str = "",
+        sent_ts: str = "",
+        pixels_decoded: bool = False,
+        category: str = NOT_SENT,
+        status: int | None = None,
+        error: str = "",
+        association: int = 0,
+        context_id: int = 0,
+        duration_ms: float = 0.0,
+        attempts: int = 0,
+        worker: int = 0,
+        size: int = 0,
+    ) -> None:
+        # plain assignments, the code the dataclass generated: an outcome is made per file
+        self.path = path
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.original_ts = original_ts
+        self.sent_ts = sent_ts
+        self.pixels_decoded = pixels_decoded
+        self.category = category
+        self.status = status
+        self.error = error
+        self.association = association
+        self.context_id = context_id
+        self.duration_ms = duration_ms
+        self.attempts = attempts
+        self.worker = worker
+        self.size = size
 
     @property
     def delivered(self) -> bool:
@@ -100,15 +164,7 @@ class Outcome:
         )
 
 
-#: `Outcome`'s fields in order: an outcome crosses a process boundary as a plain tuple of these
-#: (`outcome_rows`), which pickles in a fifth of the time an `Outcome` does and unpickles, rebuilt with
-#: `outcomes_from_rows`, in a quarter (docs/design.md, "The send side, issue 17"). A test checks the
-#: list against the dataclass.
-OUTCOME_FIELDS = (
-    "path", "sop_class_uid", "sop_instance_uid", "original_ts", "sent_ts", "pixels_decoded", "category",
-    "status", "error", "association", "context_id", "duration_ms", "attempts", "worker", "size",
-)  # fmt: skip
-_outcome_row = attrgetter(*OUTCOME_FIELDS)
+_outcome_row = Outcome._getter
 
 
 def outcome_rows(outcomes: list[Outcome]) -> list[tuple]:
@@ -121,9 +177,11 @@ def outcomes_from_rows(rows: list[tuple]) -> list[Outcome]:
     return [Outcome(*row) for row in rows]
 
 
-@dataclass(frozen=True)
-class AssociationRecord:
-    """One association a worker opened: for the summary (and ``+v``)."""
+class AssociationRecord(NamedTuple):
+    """One association a worker opened: for the summary (and ``+v``).
+
+    A named tuple, not a frozen dataclass: start-up (docs/design.md, "Small runs").
+    """
 
     number: int
     worker: int
@@ -291,7 +349,7 @@ class Report:
                 "interrupted": self.interrupted,
                 "exit_code": self.exit_code(),
             },
-            "associations": [asdict(a) for a in self.associations],
+            "associations": [a._asdict() for a in self.associations],
             "files": self.records() if records is None else records,
         }
 
@@ -301,7 +359,7 @@ class Report:
 
     def record_fields(self) -> list[str]:
         """The CSV columns of `records`."""
-        return [f.name for f in fields(Outcome)]
+        return list(OUTCOME_FIELDS)
 
 
 def _association_lost(o: Outcome) -> bool:
@@ -320,7 +378,7 @@ def outcome_record(o: Outcome) -> dict:
 
 
 def _record(o: Outcome) -> dict:
-    record = asdict(o)
+    record = dict(zip(OUTCOME_FIELDS, _outcome_row(o), strict=True))
     record["status"] = f"0x{o.status:04X}" if o.status is not None else ""
     record["duration_ms"] = round(o.duration_ms, 3)
     return record

@@ -15,8 +15,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..dicom.uids import sop_class_name, ts_name
 from ..dicom.walk import COMPILED
@@ -48,9 +47,12 @@ STREAM_CHUNK = 4 * 2**20
 UNLIMITED_PDU = 4 * 2**20
 
 
-@dataclass(frozen=True)
-class AssociationOptions:
-    """Where to connect and how to negotiate; the storescu network options."""
+class AssociationOptions(NamedTuple):
+    """Where to connect and how to negotiate; the storescu network options.
+
+    A named tuple, not a frozen dataclass: creating the dataclass cost a send 1 ms of start-up
+    (docs/design.md, "Small runs"). ``options._replace(port=104)`` gives a changed copy.
+    """
 
     host: str
     port: int

@@ -16,8 +16,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..dicom.codecs import NotEncodable
 from ..dicom.part10 import SMALL_DATASET, Instance, read_dataset_bytes, verify_bytes, verify_dataset
@@ -68,9 +67,8 @@ class _GiveBack(Exception):
 _VERDICT_NOTE = {"permanent": st.FILE_PROBLEM, "budget": " (retry budget of {budget:g} s spent)"}
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Everything a worker needs; pickled once per worker."""
+class WorkerConfig(NamedTuple):
+    """Everything a worker needs; pickled once per worker (a named tuple: see `AssociationOptions`)."""
 
     association: AssociationOptions
     context_groups: tuple[ContextGroup, ...]
@@ -247,8 +245,8 @@ class Worker:
             previous_ok = self._buffer[-1].delivered if self._buffer else self._last_ok
             emitted = self._flushed + len(self._buffer)
             self._deferred = [
-                (inst, start_index + k, replace(first, emitted=emitted, failures=self._failures, local=self._local,
-                                                previous_ok=previous_ok or first.previous_ok, last_chance=True))
+                (inst, start_index + k, first._replace(emitted=emitted, failures=self._failures, local=self._local,
+                                                       previous_ok=previous_ok or first.previous_ok, last_chance=True))
                 for k, (inst, first) in enumerate(zip(batch.instances, retry_of, strict=True))
             ]  # fmt: skip
             self._retry_deferred(batch, start_index)
